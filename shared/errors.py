@@ -1,0 +1,53 @@
+"""The project's one error hierarchy.
+
+Every error a user can cause carries a stable machine-readable `code`, a message
+that says what was wrong (and the limit, where there is one) and the HTTP status
+the API answers it with, so the CLI, the workers and the API report it alike.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class AppError(Exception):
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(AppError):
+    code = "invalid_input"
+    http_status = 422
+
+
+class UnreadableImage(InvalidInput):
+    """The bytes are not an image Pillow can decode (corrupt, truncated, not an image)."""
+
+    code = "unreadable_image"
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"cannot read image {name!r}: {reason}")
+        self.name = name
+
+
+class ImageTooLarge(InvalidInput):
+    """More pixels than the limit: refused before decoding, which stops decompression bombs."""
+
+    code = "image_too_large"
+    http_status = 413
+
+    def __init__(self, name: str, pixels: int, limit: int) -> None:
+        super().__init__(
+            f"image {name!r} has {pixels:,} pixels, over the limit of {limit:,} (MAX_IMAGE_PIXELS)"
+        )
+        self.name = name
+
+
+class ModelError(AppError):
+    """The model artifact or base weights cannot be loaded."""
+
+    code = "model_error"
