@@ -1,0 +1,65 @@
+"""Test-wide fixtures: where ../shared lives, settings pointed at it, and synthetic images."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from shared.settings import PROJECT_ROOT, get_settings
+
+SHARED_DIR = Path(os.environ.get("INTEL_SHARED_DIR", PROJECT_ROOT.parent / "shared")).resolve()
+BASE_WEIGHTS_FILE = SHARED_DIR / "models" / "xception_imagenet_notop.weights.h5"
+TRAIN_DIR = SHARED_DIR / "data" / "intel" / "train"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point the model at ../shared's weights and keep caches out of the user's home."""
+    os.environ.setdefault("BASE_WEIGHTS", str(BASE_WEIGHTS_FILE))
+    os.environ["CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def base_weights() -> str:
+    """The real ImageNet weights; their absence is a broken checkout, not a reason to skip."""
+    if not BASE_WEIGHTS_FILE.is_file():
+        pytest.fail(f"base weights not found at {BASE_WEIGHTS_FILE}; set INTEL_SHARED_DIR")
+    return str(BASE_WEIGHTS_FILE)
+
+
+@pytest.fixture(scope="session")
+def train_dir() -> Path:
+    if not TRAIN_DIR.is_dir():
+        pytest.fail(f"training images not found at {TRAIN_DIR}; set INTEL_SHARED_DIR")
+    return TRAIN_DIR
+
+
+def image_bytes(
+    mode: str = "RGB",
+    size: tuple[int, int] = (64, 48),
+    fmt: str = "PNG",
+    colour: float | tuple[int, ...] | None = None,
+) -> bytes:
+    image = Image.new(mode, size, colour if colour is not None else 0)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def sample_dataset(source: Path, target: Path, per_class: int, offset: int = 0) -> Path:
+    """Link `per_class` real images of each class from `source` into `target/<class>/`."""
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        (target / folder.name).mkdir(parents=True, exist_ok=True)
+        for path in sorted(folder.iterdir())[offset : offset + per_class]:
+            (target / folder.name / path.name).symlink_to(path)
+    return target
