@@ -1,0 +1,171 @@
+"""The network: a frozen Xception base, GAP, and a small trainable head.
+
+TensorFlow and Keras are imported inside functions so that importing this
+module stays cheap for processes that never run the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.classifier import artifact
+from shared.classifier.engine import Backend, Engine, make_engine
+from shared.classifier.labels import CLASSES
+from shared.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+FEATURE_DIM = 2048  # channels of Xception's last block, the head's input
+
+
+def base_weights_identity(weights: str) -> str:
+    """`imagenet`, `none`, or the sha256 of a weights file: what the manifest records."""
+    if weights in {"imagenet", "none"}:
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelError(f"BASE_WEIGHTS file {weights!r} does not exist")
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def build_base(weights: str, input_size: int) -> Any:
+    """Xception without its top, frozen, ending in global average pooling (2048 features)."""
+    import keras
+
+    source: str | None = None if weights == "none" else weights
+    if source not in {None, "imagenet"} and not Path(weights).is_file():
+        raise ModelError(f"BASE_WEIGHTS file {weights!r} does not exist")
+    try:
+        base = keras.applications.Xception(
+            include_top=False,
+            weights=source,
+            input_shape=(input_size, input_size, 3),
+            pooling="avg",
+        )
+    except Exception as exc:  # Keras raises bare ValueErrors and URL errors here
+        raise ModelError(f"cannot load Xception base weights {weights!r}: {exc}") from exc
+    base.trainable = False
+    return base
+
+
+def build_head(dense_units: int, dropout: float, n_classes: int = len(CLASSES)) -> Any:
+    """GAP features -> Dense(relu) -> Dropout -> Dense logits."""
+    import keras
+
+    features = keras.Input(shape=(FEATURE_DIM,), name="features")
+    x = keras.layers.Dense(dense_units, activation="relu", name="dense")(features)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    logits = keras.layers.Dense(n_classes, name="logits")(x)
+    return keras.Model(features, logits, name="head")
+
+
+def compose(base: Any, head: Any) -> Any:
+    import keras
+
+    image = keras.Input(shape=base.input_shape[1:], name="image")
+    logits = head(base(image, training=False))
+    return keras.Model(image, logits, name="intel_xception")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    probs: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return probs
+
+
+@dataclass
+class Classifier:
+    """A loaded model ready for batches of preprocessed images."""
+
+    network: Any  # the composed Keras model: image -> logits
+    engine: Engine
+    classes: tuple[str, ...]
+    input_size: int
+    version: str
+    manifest: artifact.Manifest | None = None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (n, classes), for preprocessed images (n, size, size, 3)."""
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return softmax(self.engine(batch).astype(np.float64)).astype(np.float32)
+
+    def save_keras(self, path: Path) -> None:
+        """A complete single-file model (base included) that `load_classifier` accepts."""
+        if path.suffix != ".keras":
+            raise ModelError(f"a complete model file must end in .keras, not {path.name!r}")
+        self.network.save(path)
+
+
+def load_classifier(model_path: Path, base_weights: str, backend: Backend = "auto") -> Classifier:
+    """Load an artifact folder (composing base + head) or a complete `.keras` file."""
+    if artifact.is_artifact(model_path):
+        return _load_artifact(model_path, base_weights, backend)
+    if model_path.is_file() and model_path.suffix == ".keras":
+        return _load_keras_file(model_path, backend)
+    raise ModelError(
+        f"MODEL_PATH {str(model_path)!r} is neither an artifact folder with "
+        f"{artifact.MANIFEST_NAME} nor a .keras file"
+    )
+
+
+def _load_artifact(folder: Path, base_weights: str, backend: Backend) -> Classifier:
+    manifest = artifact.read_manifest(folder)
+    identity = base_weights_identity(base_weights)
+    if identity != manifest.base.weights:
+        log.warning(
+            "base weights %s differ from those the head was trained on (%s); "
+            "ImageNet weights from another file format are equivalent",
+            identity,
+            manifest.base.weights,
+        )
+    base = build_base(base_weights, manifest.input_size)
+    head = build_head(manifest.dense_units, manifest.dropout, len(manifest.classes))
+    head.load_weights(folder / manifest.head_weights)
+    network = compose(base, head)
+    return Classifier(
+        network=network,
+        engine=make_engine(network, backend),
+        classes=tuple(manifest.classes),
+        input_size=manifest.input_size,
+        version=manifest.version,
+        manifest=manifest,
+    )
+
+
+def _load_keras_file(path: Path, backend: Backend) -> Classifier:
+    import keras
+
+    try:
+        network = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load model file {str(path)!r}: {exc}") from exc
+    n_outputs = network.output_shape[-1]
+    if n_outputs != len(CLASSES):
+        raise ModelError(f"{path.name} has {n_outputs} outputs; this service needs {len(CLASSES)}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Classifier(
+        network=network,
+        engine=make_engine(network, backend),
+        classes=CLASSES,
+        input_size=int(network.input_shape[1]),
+        version=digest[:12],
+    )

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.classifier.dataset import list_labelled_images, stratified_split
+from shared.classifier.labels import CLASSES
+from shared.errors import InvalidInput
+
+
+def test_split_is_stratified_seeded_and_disjoint() -> None:
+    labels = [0] * 100 + [1] * 50 + [2] * 11
+    train, validation = stratified_split(labels, 0.2, seed=42)
+    assert set(train).isdisjoint(validation)
+    assert sorted(train + validation) == list(range(len(labels)))
+    assert Counter(labels[i] for i in validation) == {0: 20, 1: 10, 2: 2}
+    assert stratified_split(labels, 0.2, seed=42) == (train, validation)
+    assert stratified_split(labels, 0.2, seed=7) != (train, validation)
+
+
+def test_split_keeps_one_example_each_side_for_tiny_classes() -> None:
+    train, validation = stratified_split([0, 0, 1, 1], 0.2, seed=1)
+    assert len(train) == 2
+    assert len(validation) == 2
+
+
+def test_split_rejects_a_fraction_outside_0_1() -> None:
+    with pytest.raises(InvalidInput, match="between 0 and 1"):
+        stratified_split([0, 1], 1.0, seed=1)
+
+
+def test_lists_class_folders_in_fixed_class_order(tmp_path: Path) -> None:
+    for label in ("street", "forest"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "b.jpg").write_bytes(b"x")
+        (tmp_path / label / "a.jpg").write_bytes(b"x")
+        (tmp_path / label / ".DS_Store").write_bytes(b"x")
+    images = list_labelled_images(tmp_path)
+    assert [(i.name, CLASSES[i.label]) for i in images] == [
+        ("forest/a.jpg", "forest"),
+        ("forest/b.jpg", "forest"),
+        ("street/a.jpg", "street"),
+        ("street/b.jpg", "street"),
+    ]
+
+
+def test_unknown_class_folder_is_named(tmp_path: Path) -> None:
+    (tmp_path / "forest").mkdir()
+    (tmp_path / "desert").mkdir()
+    with pytest.raises(InvalidInput, match=r"unknown class folder.*desert"):
+        list_labelled_images(tmp_path)
+
+
+def test_empty_folder_says_what_it_expected(tmp_path: Path) -> None:
+    (tmp_path / "sea").mkdir()
+    with pytest.raises(InvalidInput, match="no images"):
+        list_labelled_images(tmp_path)

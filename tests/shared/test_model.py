@@ -1,0 +1,137 @@
+"""The real network: training on a sample, artifact and .keras round trips, engine parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.classifier import artifact
+from shared.classifier.dataset import list_labelled_images
+from shared.classifier.model import Classifier, load_classifier
+from shared.classifier.preprocessing import preprocess
+from shared.classifier.training import TrainConfig, TrainResult, train
+from shared.errors import ModelError
+from tests.conftest import sample_dataset
+
+pytestmark = pytest.mark.model
+
+SIZE = 71  # Xception's smallest input: the real network, at a fraction of the cost
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sample_dataset(train_dir, tmp_path_factory.mktemp("tiny"), per_class=5)
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tiny_dataset: Path,
+    base_weights: str,
+    feature_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> TrainResult:
+    return train(
+        tiny_dataset,
+        tmp_path_factory.mktemp("artifact"),
+        TrainConfig(input_size=SIZE, epochs=4, augment_views=1),
+        base_weights=base_weights,
+        cache_dir=feature_cache,
+    )
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_dataset: Path) -> np.ndarray:
+    images = list_labelled_images(tiny_dataset)[::5]
+    return np.stack([preprocess(i.path.read_bytes(), i.name, SIZE, 10**8) for i in images])
+
+
+@pytest.fixture(scope="module")
+def loaded(trained: TrainResult, base_weights: str) -> Classifier:
+    return load_classifier(trained.output_dir, base_weights, "openvino")
+
+
+def test_training_writes_a_small_complete_artifact(trained: TrainResult) -> None:
+    folder = trained.output_dir
+    manifest = artifact.read_manifest(folder)
+    assert manifest.classes == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
+    assert manifest.input_size == SIZE
+    assert manifest.base.weights.startswith("sha256:c51edf65")
+    assert manifest.version == artifact.compute_version(manifest) == trained.manifest.version
+    assert manifest.training["validation_images"] == 6  # one of five per class
+    assert manifest.training["train_examples"] == 2 * 24  # plain view plus one augmented view
+    assert 1 <= manifest.training["best_epoch"] <= 4
+    assert (folder / "head.weights.h5").stat().st_size < 1_000_000  # no optimizer state
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["validation"]["n"] == 6
+    assert set(metrics["history"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
+    for picture in ("confusion_matrix.png", "training_curves.png"):
+        with Image.open(folder / picture) as image:
+            assert image.format == "PNG"
+            assert image.width > 400
+
+
+def test_second_run_reads_features_from_the_cache(
+    trained: TrainResult, tiny_dataset: Path, base_weights: str, feature_cache: Path, tmp_path: Path
+) -> None:
+    assert trained.images_computed == 30 + 24  # every image once, plus the training view
+    again = train(
+        tiny_dataset,
+        tmp_path / "again",
+        TrainConfig(input_size=SIZE, epochs=4, augment_views=1),
+        base_weights=base_weights,
+        cache_dir=feature_cache,
+    )
+    assert again.images_computed == 0
+    assert again.report["confusion_matrix"] == trained.report["confusion_matrix"]
+    resized = train(
+        tiny_dataset,
+        tmp_path / "resized",
+        TrainConfig(input_size=SIZE + 1, epochs=1),
+        base_weights=base_weights,
+        cache_dir=feature_cache,
+    )
+    assert resized.images_computed == 30  # another input size is another cache entry
+
+
+def test_artifact_reload_gives_identical_predictions(
+    trained: TrainResult, loaded: Classifier, batch: np.ndarray, base_weights: str
+) -> None:
+    reloaded = load_classifier(trained.output_dir, base_weights, "openvino")
+    assert reloaded.version == trained.manifest.version
+    np.testing.assert_array_equal(loaded.predict(batch), reloaded.predict(batch))
+    probabilities = loaded.predict(batch)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_keras_file_round_trip(loaded: Classifier, batch: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "complete.keras"
+    loaded.save_keras(path)
+    from_file = load_classifier(path, "none", "openvino")
+    assert from_file.input_size == SIZE
+    assert from_file.classes == loaded.classes
+    np.testing.assert_allclose(from_file.predict(batch), loaded.predict(batch), atol=1e-6)
+
+
+def test_openvino_and_tensorflow_engines_agree(
+    trained: TrainResult, loaded: Classifier, batch: np.ndarray, base_weights: str
+) -> None:
+    tensorflow = load_classifier(trained.output_dir, base_weights, "tensorflow")
+    np.testing.assert_allclose(tensorflow.predict(batch), loaded.predict(batch), atol=1e-4)
+
+
+def test_a_missing_model_or_weights_file_is_a_clear_error(
+    trained: TrainResult, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelError, match="neither an artifact folder"):
+        load_classifier(tmp_path, "none")
+    with pytest.raises(ModelError, match="does not exist"):
+        load_classifier(trained.output_dir, str(tmp_path / "missing.h5"))
