@@ -1,0 +1,212 @@
+"""`intel-classifier`: the project's one command, with a subcommand per job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from shared.errors import AppError
+from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from shared.classifier.inference import Prediction
+    from shared.classifier.model import Classifier
+
+app = typer.Typer(
+    help="Classify scene photos (buildings, forest, glacier, mountain, sea, street).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    # TensorFlow's C++ start-up chatter is not for users; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except AppError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise SystemExit(2) from exc
+
+
+def _progress(description: str, total: int) -> Callable[[int], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None)
+
+    def advance(n: int) -> None:
+        bar.update(n)
+        if bar.n >= total:
+            bar.close()
+
+    return advance
+
+
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", help="Artifact folder or .keras file [env MODEL_PATH].")
+]
+
+
+@app.command()
+def train(
+    data_dir: Annotated[
+        Path, typer.Argument(help="Folder with one subfolder of images per class.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Artifact folder to write.")
+    ] = Path("artifacts/model"),
+    input_size: int = 299,
+    batch_size: int = 16,
+    epochs: int = 20,
+    learning_rate: float = 1e-3,
+    dense_units: int = 100,
+    dropout: float = 0.2,
+    validation_split: float = 0.2,
+    seed: int = 42,
+    augment_views: Annotated[
+        int, typer.Option(help="Extra augmented feature views per training image.")
+    ] = 0,
+    zoom: Annotated[float, typer.Option(help="Augmentation zoom range.")] = 0.2,
+    shear: Annotated[float, typer.Option(help="Augmentation shear range in degrees.")] = 10.0,
+) -> None:
+    """Train the head on cached Xception features and write artifact, metrics and plots."""
+    from shared.classifier.augment import Augmentation
+    from shared.classifier.metrics import format_report
+    from shared.classifier.training import TrainConfig
+    from shared.classifier.training import train as run_training
+
+    settings = get_settings()
+    config = TrainConfig(
+        input_size=input_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        dense_units=dense_units,
+        dropout=dropout,
+        validation_fraction=validation_split,
+        seed=seed,
+        augment_views=augment_views,
+        augmentation=Augmentation(zoom=zoom, shear_degrees=shear),
+    )
+    result = run_training(
+        data_dir,
+        output,
+        config,
+        base_weights=settings.base_weights,
+        cache_dir=settings.cache_dir,
+        backend=settings.inference_backend,
+        feature_batch_size=settings.inference_batch_size,
+        max_pixels=settings.max_image_pixels,
+        progress=_progress,
+    )
+    typer.echo(format_report(result.report))
+    typer.echo(
+        f"\nmodel {result.manifest.version} written to {output} in {result.seconds:.0f}s "
+        f"({result.images_computed} images through the base, the rest from the cache)"
+    )
+
+
+@app.command()
+def evaluate(
+    data_dir: Annotated[
+        Path, typer.Argument(help="Folder with one subfolder of images per class.")
+    ],
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the metrics here.")
+    ] = None,
+    holdout: Annotated[
+        bool,
+        typer.Option(help="Only the validation split the model was trained with (same seed)."),
+    ] = False,
+    model: ModelOption = None,
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
+    from shared.classifier.dataset import list_labelled_images
+    from shared.classifier.evaluation import evaluate_images, select_holdout
+    from shared.classifier.metrics import format_report
+
+    settings = get_settings()
+    images = list_labelled_images(data_dir)
+    classifier = _load(model)
+    if holdout:
+        images = select_holdout(images, classifier.manifest)
+    report = evaluate_images(
+        images,
+        classifier,
+        batch_size=settings.inference_batch_size,
+        max_pixels=settings.max_image_pixels,
+        progress=_progress,
+    )
+    typer.echo(format_report(report))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command()
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="Images, folders or .zip archives.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="CSV, or JSON if it ends in .json.")
+    ] = None,
+    model: ModelOption = None,
+) -> None:
+    """Classify images locally with the same batched inference the workers use."""
+    from shared.classifier.inference import predict_stream
+    from shared.classifier.report import format_for, write_predictions
+    from shared.classifier.sources import count_sources, iter_sources
+
+    settings = get_settings()
+    total = count_sources(paths)
+    classifier = _load(model)
+    advance = _progress("classifying", total)
+    failed = 0
+
+    def tracked() -> Iterator[Prediction]:
+        nonlocal failed
+        for prediction in predict_stream(
+            classifier,
+            iter_sources(paths),
+            batch_size=settings.inference_batch_size,
+            max_pixels=settings.max_image_pixels,
+            workers=settings.decode_workers,
+        ):
+            advance(1)
+            failed += not prediction.ok
+            yield prediction
+
+    if output is None:
+        write_predictions(tracked(), sys.stdout, "csv")
+    else:
+        with output.open("w", newline="") as stream:
+            write_predictions(tracked(), stream, format_for(output))
+        typer.echo(f"{total - failed} classified, {failed} failed: {output}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Argument(help="Where to write the complete model (.keras).")],
+    model: ModelOption = None,
+) -> None:
+    """Write the composed model (base + head) as one .keras file, loadable as MODEL_PATH."""
+    classifier = _load(model)
+    classifier.save_keras(output)
+    typer.echo(f"model {classifier.version} written to {output}")
+
+
+def _load(model: Path | None) -> Classifier:
+    from shared.classifier.model import load_classifier
+
+    settings = get_settings()
+    return load_classifier(
+        model or settings.model_path, settings.base_weights, settings.inference_backend
+    )
