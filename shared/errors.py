@@ -51,3 +51,57 @@ class ModelError(AppError):
     """The model artifact or base weights cannot be loaded."""
 
     code = "model_error"
+
+
+class NotFound(AppError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(AppError):
+    code = "conflict"
+    http_status = 409
+
+
+class LimitExceeded(AppError):
+    """A request over one of the configured limits; the message names the limit and its setting."""
+
+    code = "limit_exceeded"
+    http_status = 413
+
+
+class UnsupportedMediaType(AppError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class NoImages(InvalidInput):
+    code = "no_images"
+
+
+class ServiceUnavailable(AppError):
+    code = "service_unavailable"
+    http_status = 503
+
+
+class StorageUnavailable(ServiceUnavailable):
+    code = "storage_unavailable"
+
+
+class StorageFull(AppError):
+    code = "storage_full"
+    http_status = 507
+
+
+class UploadMissing(AppError):
+    code = "upload_missing"
+    http_status = 404
+
+
+class PredictTimeout(AppError):
+    code = "timeout"
+    http_status = 504
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id

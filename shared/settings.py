@@ -16,6 +16,31 @@ DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "default"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
+    # Where the embedded defaults keep their files: SQLite, uploads, the broker's folders.
+    data_dir: Path = Field(default=Path("var"))
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///DATA_DIR/intel.db"
+    )
+    redis_url: str | None = Field(
+        default=None, description="Celery broker; default: the embedded filesystem broker"
+    )
+    storage_url: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix; default DATA_DIR/uploads"
+    )
+    host: str = "127.0.0.1"
+    port: int = 9696
+
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_image_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    max_images_per_job: int = Field(default=10_000, ge=1)
+    max_zip_entries: int = Field(default=20_000, ge=1)
+    max_zip_uncompressed_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
+    max_zip_ratio: float = Field(default=200.0, ge=1)
+    predict_timeout_seconds: float = Field(default=30.0, gt=0)
+    keep_uploads: bool = False
+    requeue_after_seconds: float = Field(default=300.0, gt=0)
+    batch_wait_ms: int = Field(default=20, ge=0, le=5000)
+
     base_weights: str = Field(
         default="imagenet",
         description=(
@@ -42,6 +67,18 @@ class Settings(BaseSettings):
         description="Where base-network features computed for training are cached.",
     )
     decode_workers: int = Field(default=2, ge=1, le=64)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'intel.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "uploads").resolve().as_uri()
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,128 @@
+"""Upload storage: a local folder by default, an S3-compatible bucket for several machines.
+
+Keys are made by the service (`uploads/<job id>/<item id>`); names from users are
+never used as paths.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import IO, Any, Protocol
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from shared.errors import AppError, StorageFull, StorageUnavailable, UploadMissing
+
+CHUNK = 1 << 20
+
+
+class Storage(Protocol):
+    def put(self, key: str, stream: IO[bytes]) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"storage key {key!r} escapes the storage root")
+        return path
+
+    def put(self, key: str, stream: IO[bytes]) -> None:
+        path = self._path(key)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with temporary.open("wb") as out:
+                shutil.copyfileobj(stream, out, CHUNK)
+            os.replace(temporary, path)  # readers never see a half-written file
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise _storage_error(exc) from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise UploadMissing(f"stored upload {key!r} is gone") from exc
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+class S3Storage:
+    """Any S3-compatible bucket; endpoint and credentials come from the usual AWS_* variables."""
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client: Any = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, stream: IO[bytes]) -> None:
+        try:
+            self.client.upload_fileobj(stream, self.bucket, self._key(key))
+        except Exception as exc:
+            raise StorageUnavailable(f"cannot write to the upload bucket: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey as exc:
+            raise UploadMissing(f"stored upload {key!r} is gone") from exc
+        return bytes(response["Body"].read())
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix).rstrip("/") + "/"
+        ):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.ClientError:
+            return False
+        return True
+
+
+def open_storage(url: str) -> Storage:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStorage(Path(url2pathname(parsed.path)))
+    if parsed.scheme == "s3":
+        return S3Storage(parsed.netloc, parsed.path)
+    raise ValueError(f"STORAGE_URL must be file:// or s3://, not {url!r}")
+
+
+def _storage_error(exc: OSError) -> AppError:
+    import errno
+
+    if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
+        return StorageFull("upload storage is full; try again later")
+    return StorageUnavailable(f"upload storage cannot be written: {exc.strerror}")
