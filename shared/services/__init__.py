@@ -1,0 +1,1 @@
+"""Logic shared by the API routes and the worker tasks."""

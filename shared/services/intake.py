@@ -1,0 +1,200 @@
+"""Turn uploaded files (images and zips) into stored item blobs, enforcing every limit.
+
+Nothing here trusts a name or a declared size: zip entries are named by the
+service in storage, declared sizes are checked against what is actually read,
+and an entry that is not an image becomes a failed item rather than failing
+the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from PIL import Image, UnidentifiedImageError
+
+from shared.classifier.sources import is_hidden
+from shared.db.models import new_id
+from shared.errors import (
+    ImageTooLarge,
+    InvalidInput,
+    LimitExceeded,
+    NoImages,
+    UnsupportedMediaType,
+)
+from shared.settings import Settings
+from shared.storage import Storage
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# Below this, a high compression ratio is ordinary (a blank image, a text file).
+RATIO_FLOOR_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    stream: IO[bytes]  # seekable: a spooled temporary file
+
+
+@dataclass(frozen=True)
+class StagedItem:
+    id: str
+    position: int
+    filename: str
+    size_bytes: int
+    sha256: str | None
+    storage_key: str | None  # None when the item failed at intake
+    error: str | None
+
+
+def storage_prefix(job_id: str) -> str:
+    return f"uploads/{job_id}"
+
+
+def stage_uploads(
+    uploads: list[Upload], job_id: str, storage: Storage, settings: Settings
+) -> list[StagedItem]:
+    """Store every image of `uploads`; on any refusal, remove what was stored and raise."""
+    if not uploads:
+        raise InvalidInput("no file uploaded: send an image or a .zip as `file` or `files`")
+    staged: list[StagedItem] = []
+    try:
+        for upload in uploads:
+            for filename, data, error in _expand(upload, settings):
+                if len(staged) >= settings.max_images_per_job:
+                    raise LimitExceeded(
+                        f"more than {settings.max_images_per_job:,} files in one job "
+                        "(MAX_IMAGES_PER_JOB)"
+                    )
+                staged.append(_stage(job_id, len(staged), filename, data, error, storage))
+        if not any(item.error is None for item in staged):
+            raise NoImages("the upload contains no images: " + _first_errors(staged))
+    except BaseException:
+        storage.delete_prefix(storage_prefix(job_id))
+        raise
+    return staged
+
+
+def _stage(
+    job_id: str, position: int, filename: str, data: bytes, error: str | None, storage: Storage
+) -> StagedItem:
+    item_id = new_id()
+    digest = hashlib.sha256(data).hexdigest()
+    if error is not None:
+        return StagedItem(item_id, position, filename, len(data), digest, None, error)
+    key = f"{storage_prefix(job_id)}/{item_id}"
+    storage.put(key, io.BytesIO(data))
+    return StagedItem(item_id, position, filename, len(data), digest, key, None)
+
+
+def _expand(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, str | None]]:
+    """(name, bytes, intake error) for each file an upload holds."""
+    head = upload.stream.read(8)
+    upload.stream.seek(0)
+    if head.startswith(ZIP_MAGIC):
+        yield from _expand_zip(upload, settings)
+        return
+    data = _read_limited(upload.stream, settings.max_image_bytes, upload.filename)
+    pixels = image_pixels(data)
+    if pixels is None:
+        raise UnsupportedMediaType(
+            f"{upload.filename!r} is neither an image nor a .zip archive "
+            "(send JPEG, PNG, WebP, BMP, GIF or TIFF images, or a zip of them)"
+        )
+    if pixels > settings.max_image_pixels:
+        raise ImageTooLarge(upload.filename, pixels, settings.max_image_pixels)
+    yield upload.filename, data, None
+
+
+def _expand_zip(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, str | None]]:
+    try:
+        archive = zipfile.ZipFile(upload.stream)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidInput(f"{upload.filename!r} is not a readable zip archive: {exc}") from exc
+    with archive:
+        entries = archive.infolist()
+        if len(entries) > settings.max_zip_entries:
+            raise LimitExceeded(
+                f"{upload.filename!r} has {len(entries):,} entries, over the limit of "
+                f"{settings.max_zip_entries:,} (MAX_ZIP_ENTRIES)"
+            )
+        members = [e for e in entries if not e.is_dir() and not is_hidden(e.filename)]
+        declared = sum(e.file_size for e in members)
+        if declared > settings.max_zip_uncompressed_bytes:
+            raise LimitExceeded(
+                f"{upload.filename!r} expands to {declared:,} bytes, over the limit of "
+                f"{settings.max_zip_uncompressed_bytes:,} (MAX_ZIP_UNCOMPRESSED_BYTES)"
+            )
+        for entry in members:
+            ratio = entry.file_size / max(entry.compress_size, 1)
+            if entry.file_size > RATIO_FLOOR_BYTES and ratio > settings.max_zip_ratio:
+                raise LimitExceeded(
+                    f"{upload.filename!r}: entry {entry.filename!r} is compressed {ratio:,.0f}:1, "
+                    f"over the limit of {settings.max_zip_ratio:,.0f}:1 (MAX_ZIP_RATIO); "
+                    "this looks like a zip bomb"
+                )
+        for entry in members:
+            yield _read_entry(archive, entry, settings)
+
+
+def _read_entry(
+    archive: zipfile.ZipFile, entry: zipfile.ZipInfo, settings: Settings
+) -> tuple[str, bytes, str | None]:
+    name = entry.filename
+    if entry.file_size > settings.max_image_bytes:
+        return (
+            name,
+            b"",
+            (
+                f"{entry.file_size:,} bytes, over the limit of {settings.max_image_bytes:,} "
+                "per image (MAX_IMAGE_BYTES)"
+            ),
+        )
+    try:
+        with archive.open(entry) as stream:
+            data = stream.read(entry.file_size + 1)
+    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
+        return name, b"", f"cannot extract from the zip: {exc}"
+    if len(data) > entry.file_size:
+        raise LimitExceeded(f"zip entry {name!r} is larger than its header declares (zip bomb)")
+    return name, data, _entry_problem(data, name, settings)
+
+
+def image_pixels(data: bytes) -> int | None:
+    """Width times height from the image's header, or None when it is not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.width * image.height)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def _entry_problem(data: bytes, name: str, settings: Settings) -> str | None:
+    pixels = image_pixels(data)
+    if pixels is None:
+        if data[:4] in ZIP_MAGIC:
+            return "not an image (archives inside the archive are not extracted)"
+        return "not an image"
+    if pixels > settings.max_image_pixels:
+        return ImageTooLarge(name, pixels, settings.max_image_pixels).message
+    return None
+
+
+def _read_limited(stream: IO[bytes], limit: int, name: str) -> bytes:
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise LimitExceeded(
+            f"{name!r} is over the limit of {limit:,} bytes per image (MAX_IMAGE_BYTES)"
+        )
+    return data
+
+
+def _first_errors(staged: list[StagedItem]) -> str:
+    if not staged:
+        return "the archive holds no files"
+    shown = "; ".join(f"{item.filename}: {item.error}" for item in staged[:3])
+    return shown + (f" (and {len(staged) - 3} more)" if len(staged) > 3 else "")

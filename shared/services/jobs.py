@@ -1,0 +1,174 @@
+"""Jobs as the API sees them: create, read, list, cancel, delete, and their results."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
+from shared.db.session import begin_write
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.services.intake import StagedItem, storage_prefix
+from shared.services.progress import refresh_job
+from shared.storage import Storage
+
+
+def create_job(
+    session: Session,
+    job_id: str,
+    staged: list[StagedItem],
+    *,
+    webhook_url: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Job:
+    """Insert the job and its items; the caller commits, then enqueues."""
+    now = utcnow()
+    job = Job(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        created_at=now,
+        total=len(staged),
+        webhook_url=webhook_url,
+        client_metadata=metadata or {},
+    )
+    session.add(job)
+    session.flush()
+    session.execute(
+        insert(Item),
+        [
+            {
+                "id": item.id,
+                "job_id": job_id,
+                "position": item.position,
+                "filename": item.filename,
+                "sha256": item.sha256,
+                "size_bytes": item.size_bytes,
+                "storage_key": item.storage_key,
+                "status": ItemStatus.QUEUED if item.error is None else ItemStatus.FAILED,
+                "error": item.error,
+                "created_at": now,
+                "finished_at": None if item.error is None else now,
+                "attempts": 0,
+            }
+            for item in staged
+        ],
+    )
+    job.failed = sum(item.error is not None for item in staged)
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job with id {job_id!r}")
+    return job
+
+
+def class_summary(session: Session, job_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(Item.label, func.count())
+        .where(Item.job_id == job_id, Item.status == ItemStatus.SUCCEEDED)
+        .group_by(Item.label)
+    )
+    return {str(label): int(count) for label, count in rows if label is not None}
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Any]
+    next_cursor: str | None
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"cursor {cursor!r} is not one this service issued") from exc
+    if not isinstance(values, list):
+        raise InvalidInput(f"cursor {cursor!r} is not one this service issued")
+    return values
+
+
+def list_jobs(session: Session, *, status: str | None, limit: int, cursor: str | None) -> Page:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor:
+        created, last_id = decode_cursor(cursor)
+        at = datetime.fromisoformat(created)
+        query = query.where((Job.created_at < at) | ((Job.created_at == at) & (Job.id < last_id)))
+    jobs = list(session.scalars(query))
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    next_cursor = encode_cursor([jobs[-1].created_at.isoformat(), jobs[-1].id]) if more else None
+    return Page(jobs, next_cursor)
+
+
+def results_page(session: Session, job_id: str, *, limit: int, cursor: str | None) -> Page:
+    get_job(session, job_id)
+    after = int(decode_cursor(cursor)[0]) if cursor else -1
+    items = list(
+        session.scalars(
+            select(Item)
+            .where(Item.job_id == job_id, Item.position > after)
+            .order_by(Item.position)
+            .limit(limit + 1)
+        )
+    )
+    more = len(items) > limit
+    items = items[:limit]
+    return Page(items, encode_cursor([items[-1].position]) if more else None)
+
+
+def iter_results(session: Session, job_id: str, chunk: int = 500) -> Iterator[Item]:
+    """Every item of a job in order, fetched a chunk at a time for downloads."""
+    cursor: str | None = None
+    while True:
+        page = results_page(session, job_id, limit=chunk, cursor=cursor)
+        yield from page.rows
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    begin_write(session)
+    job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
+    if job is None:
+        raise NotFound(f"no job with id {job_id!r}")
+    if JobStatus(job.status).is_final:
+        raise Conflict(f"job {job_id} already finished with status {job.status}")
+    now = utcnow()
+    session.execute(
+        update(Item)
+        .where(Item.job_id == job_id, Item.status == ItemStatus.QUEUED)
+        .values(status=ItemStatus.SKIPPED, finished_at=now, error="job cancelled")
+    )
+    job.status = JobStatus.CANCELLED
+    job.finished_at = now
+    refresh_job(session, job_id)
+    return job
+
+
+def delete_job(session: Session, storage: Storage, job_id: str) -> None:
+    begin_write(session)
+    get_job(session, job_id)
+    session.execute(delete(Item).where(Item.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+    session.commit()
+    # Files go after the rows: a crash in between leaves orphans the sweeper removes,
+    # never a job whose files are gone.
+    storage.delete_prefix(storage_prefix(job_id))

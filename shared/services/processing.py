@@ -1,0 +1,162 @@
+"""The worker's side of the database: claim queued items, record results, recover stragglers.
+
+Every write is guarded by the item's current status, so a task that runs twice
+(a redelivered message, a requeued item) writes each result once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import cast
+
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.orm import Session
+
+from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, utcnow
+from shared.services.progress import refresh_job
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    job_id: str
+    filename: str
+    storage_key: str | None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    id: str
+    job_id: str
+    label: str | None
+    confidence: float | None
+    scores: dict[str, float] | None
+    error: str | None
+
+
+def claim_items(session: Session, job_id: str, limit: int, model_version: str) -> list[Claimed]:
+    """Mark up to `limit` queued items running: this job's first, then other jobs' fairly.
+
+    Other jobs' items are taken lowest position first, so a one-image job is not
+    stuck behind the thousands of items of a big one, and single-image jobs from
+    many clients share a forward pass.
+    """
+    own = _queued_ids(session, limit, Item.job_id == job_id)
+    others = (
+        _queued_ids(session, limit - len(own), Item.job_id != job_id) if len(own) < limit else []
+    )
+    ids = own + others
+    if not ids:
+        return []
+    now = utcnow()
+    claimed = list(
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(ids), Item.status == ItemStatus.QUEUED)
+            .values(status=ItemStatus.RUNNING, started_at=now, attempts=Item.attempts + 1)
+            .returning(Item.id, Item.job_id, Item.filename, Item.storage_key, Item.position)
+        ).all()
+    )
+    claimed.sort(key=lambda row: (row.job_id != job_id, row.position))
+    session.execute(
+        update(Job)
+        .where(Job.id.in_({row.job_id for row in claimed}), Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, started_at=now, model_version=model_version)
+    )
+    return [Claimed(row.id, row.job_id, row.filename, row.storage_key) for row in claimed]
+
+
+def _queued_ids(session: Session, limit: int, *criteria: object) -> list[str]:
+    query = (
+        select(Item.id)
+        .where(Item.status == ItemStatus.QUEUED, *criteria)  # type: ignore[arg-type]
+        .order_by(Item.position, Item.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # Postgres: claimers never wait on each other
+    )
+    return list(session.scalars(query))
+
+
+def record_results(
+    session: Session, results: list[ItemResult], *, worker: str, inference_ms: float
+) -> None:
+    """Write a batch's results (only over items still running) and settle their jobs."""
+    if not results:
+        return
+    now = utcnow()
+    table = cast(Table, Item.__table__)
+    session.connection().execute(
+        table.update()
+        .where(table.c.id == bindparam("item_id"), table.c.status == ItemStatus.RUNNING)
+        .values(
+            status=bindparam("new_status"),
+            **{"class": bindparam("new_label")},
+            confidence=bindparam("new_confidence"),
+            scores=bindparam("new_scores"),
+            error=bindparam("new_error"),
+            finished_at=now,
+            inference_ms=inference_ms,
+        ),
+        [
+            {
+                "item_id": r.id,
+                "new_status": ItemStatus.FAILED if r.error else ItemStatus.SUCCEEDED,
+                "new_label": r.label,
+                "new_confidence": r.confidence,
+                "new_scores": r.scores,
+                "new_error": r.error,
+            }
+            for r in results
+        ],
+    )
+    session.add(
+        Batch(
+            worker=worker,
+            size=sum(r.error is None for r in results),
+            jobs=len({r.job_id for r in results}),
+            inference_ms=inference_ms,
+            created_at=now,
+        )
+    )
+    for job_id in sorted({r.job_id for r in results}):  # one lock order: no deadlocks
+        refresh_job(session, job_id)
+
+
+def queued_count(session: Session, job_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).where(Item.job_id == job_id, Item.status == ItemStatus.QUEUED)
+        )
+        or 0
+    )
+
+
+def requeue_stale(session: Session, older_than_seconds: float) -> list[str]:
+    """Recover from lost workers and lost messages; returns the jobs to enqueue again.
+
+    Items left running longer than the deadline (their worker died) go back to
+    queued; jobs with items queued longer than the deadline (their message was
+    lost) are enqueued again; jobs whose items all ended are settled.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    requeued = session.execute(
+        update(Item)
+        .where(Item.status == ItemStatus.RUNNING, Item.started_at < cutoff)
+        .values(status=ItemStatus.QUEUED)
+        .returning(Item.job_id)
+    ).scalars()
+    jobs = set(requeued)
+    jobs.update(
+        session.scalars(
+            select(Item.job_id)
+            .where(Item.status == ItemStatus.QUEUED, Item.created_at < cutoff)
+            .distinct()
+        )
+    )
+    unsettled = session.scalars(
+        select(Job.id).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+    ).all()
+    for job_id in sorted(set(unsettled) - jobs):
+        refresh_job(session, job_id)
+    return sorted(jobs)
