@@ -210,3 +210,80 @@ def _load(model: Path | None) -> Classifier:
     return load_classifier(
         model or settings.model_path, settings.base_weights, settings.inference_backend
     )
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (DATABASE_URL)."""
+    from shared.db.migrate import upgrade
+
+    upgrade()
+    typer.echo(f"database at head: {_redacted(get_settings().resolved_database_url)}")
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Interface [env HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env PORT, default 9696].")] = None,
+) -> None:
+    """Run the HTTP API only (any number of API processes may share one database)."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run one classification worker: loads the model once, then takes batches."""
+    import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
+    from worker.celery_app import celery_app
+
+    # solo: the process that loaded the model runs the tasks; run more workers to scale.
+    celery_app.worker_main(["worker", "--pool=solo", f"--loglevel={loglevel}", "-Q", "classify"])
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface [env HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env PORT, default 9696].")] = None,
+) -> None:
+    """Migrate, then run the API and one worker together (embedded defaults unless configured)."""
+    import subprocess
+    import sys
+
+    from shared.db.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    typer.echo(
+        f"database {_redacted(settings.resolved_database_url)}; broker "
+        f"{'redis' if settings.redis_url else 'embedded (' + str(settings.broker_folder) + ')'}; "
+        f"storage {settings.resolved_storage_url}",
+        err=True,
+    )
+    worker_process = subprocess.Popen([sys.executable, "-m", "shared", "worker"])
+    try:
+        api(host=host, port=port)
+    finally:
+        worker_process.terminate()
+        try:
+            worker_process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_process.kill()
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,1 @@
+"""Celery workers: hold the model, classify queued items in batches across jobs."""

@@ -1,0 +1,28 @@
+"""The FastAPI application. It never imports TensorFlow: workers hold the model."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.limits import UploadLimit
+from api.routes import health, jobs, predict
+from shared.settings import get_settings
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="intel-image-classifier",
+        version="0.1.0",
+        description=(
+            "Classify scene photos (buildings, forest, glacier, mountain, sea, street) "
+            "asynchronously: upload an image or a zip, poll the job, download results."
+        ),
+    )
+    app.include_router(jobs.router)
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    install_error_handlers(app)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    return app

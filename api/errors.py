@@ -1,0 +1,81 @@
+"""Every error leaves the API as `{"error": {"code", "message"}}`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
+
+from api.schemas import ErrorBody, ErrorResponse
+from shared.errors import AppError, PredictTimeout
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "limit_exceeded",
+    415: "unsupported_media_type",
+}
+
+# Declared on every route so the OpenAPI schema documents the one error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        404: "No such job",
+        413: "Over a configured limit (the message names it)",
+        415: "Neither an image nor a zip",
+        422: "Invalid request or input",
+        500: "Unexpected error",
+        503: "Database, broker or storage unavailable",
+        507: "Upload storage full",
+    }.items()
+}
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, object] | None = None
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_: Request, exc: AppError) -> JSONResponse:
+        details: dict[str, object] | None = None
+        if isinstance(exc, PredictTimeout):
+            details = {"job_id": exc.job_id, "links": {"self": f"/jobs/{exc.job_id}"}}
+        response = error_response(exc.http_status, exc.code, exc.message, details)
+        if isinstance(exc, PredictTimeout):
+            response.headers["Location"] = f"/jobs/{exc.job_id}"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'] if p != 'body')}: {error['msg']}"
+            for error in exc.errors()
+        )
+        return error_response(422, "invalid_request", problems or "invalid request")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database unavailable: %s", exc.orig)
+        return error_response(503, "database_unavailable", "the database is unavailable; retry")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "unexpected error; it has been logged")

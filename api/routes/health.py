@@ -1,0 +1,53 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.schemas import Health
+from shared.db.session import get_engine
+from shared.settings import get_settings
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+def readyz() -> JSONResponse:
+    """The database and the broker answer."""
+    checks = {"database": _check_database(), "broker": _check_broker()}
+    ready = all(value == "ok" for value in checks.values())
+    body = Health(status="ok" if ready else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def _check_database() -> str:
+    try:
+        with get_engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+def _check_broker() -> str:
+    settings = get_settings()
+    try:
+        if settings.redis_url:
+            import redis
+
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2).ping()
+        elif not os.access(settings.broker_folder / "queue", os.W_OK):
+            return "error: broker folder not writable"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"

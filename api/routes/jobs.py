@@ -1,0 +1,155 @@
+"""/jobs: submit, poll, list, page through results, cancel, delete."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.responses import StreamingResponse
+
+from api.deps import SessionDep, SettingsDep, StorageDep
+from api.errors import ERROR_RESPONSES
+from api.schemas import ItemOut, JobList, JobOut, ResultsPage
+from shared.classifier.labels import CLASSES
+from shared.db.models import Job, JobStatus
+from shared.db.session import session_scope
+from shared.services import jobs as job_service
+from shared.services.intake import Upload
+from shared.services.submission import submit_job
+from worker.celery_app import enqueue_job
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+class ResultFormat(StrEnum):
+    JSON = "json"
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+def job_out(session: SessionDep, job: Job) -> JobOut:
+    return JobOut.of(job, job_service.class_summary(session, job.id))
+
+
+def uploads_of(file: UploadFile | None, files: list[UploadFile] | None) -> list[Upload]:
+    parts = ([file] if file is not None else []) + list(files or [])
+    return [Upload(part.filename or "upload", part.file) for part in parts]
+
+
+@router.post("", status_code=202, response_model=JobOut)
+def create(
+    response: Response,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile | None, File(description="One image or one .zip")] = None,
+    files: Annotated[list[UploadFile] | None, File(description="More images or zips")] = None,
+    webhook_url: Annotated[str | None, Form()] = None,
+    metadata: Annotated[str | None, Form(description="A JSON object kept with the job")] = None,
+) -> JobOut:
+    """Upload one image, a zip of images, or several; classification happens in the background."""
+    job = submit_job(
+        session,
+        storage,
+        settings,
+        uploads_of(file, files),
+        enqueue=enqueue_job,
+        webhook_url=webhook_url,
+        metadata=metadata,
+    )
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return job_out(session, job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> JobList:
+    page = job_service.list_jobs(session, status=status, limit=limit, cursor=cursor)
+    return JobList(items=[job_out(session, job) for job in page.rows], next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get(job_id: str, session: SessionDep) -> JobOut:
+    return job_out(session, job_service.get_job(session, job_id))
+
+
+@router.get(
+    "/{job_id}/results",
+    response_model=ResultsPage,
+    response_model_by_alias=True,
+    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+)
+def results(
+    job_id: str,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+    format: ResultFormat = ResultFormat.JSON,
+) -> ResultsPage | StreamingResponse:
+    """A page of items, or with `format=csv`/`jsonl` every item as one download."""
+    if format is ResultFormat.JSON:
+        page = job_service.results_page(session, job_id, limit=limit, cursor=cursor)
+        return ResultsPage(items=[ItemOut.of(i) for i in page.rows], next_cursor=page.next_cursor)
+    job_service.get_job(session, job_id)  # 404 before the download starts
+    if format is ResultFormat.CSV:
+        return StreamingResponse(
+            _csv_rows(job_id),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
+        )
+    return StreamingResponse(_jsonl_rows(job_id), media_type="application/x-ndjson")
+
+
+def _csv_rows(job_id: str) -> Iterator[str]:
+    columns = ["filename", "status", "class", "confidence", *CLASSES, "error"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    with session_scope(write=False) as session:
+        for item in job_service.iter_results(session, job_id):
+            scores = item.scores or {}
+            writer.writerow(
+                [
+                    item.filename,
+                    item.status,
+                    item.label or "",
+                    "" if item.confidence is None else f"{item.confidence:.6f}",
+                    *("" if c not in scores else f"{scores[c]:.6f}" for c in CLASSES),
+                    item.error or "",
+                ]
+            )
+            if buffer.tell() > 64 * 1024:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _jsonl_rows(job_id: str) -> Iterator[str]:
+    with session_scope(write=False) as session:
+        for item in job_service.iter_results(session, job_id):
+            yield json.dumps(ItemOut.of(item).model_dump(mode="json", by_alias=True)) + "\n"
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel(job_id: str, session: SessionDep) -> JobOut:
+    """Skip every item not yet classified; results made so far are kept."""
+    job = job_service.cancel_job(session, job_id)
+    session.commit()
+    return job_out(session, job)
+
+
+@router.delete("/{job_id}", status_code=204)
+def remove(job_id: str, session: SessionDep, storage: StorageDep) -> Response:
+    """Delete the job, its items and its stored files."""
+    job_service.delete_job(session, storage, job_id)
+    return Response(status_code=204)

@@ -1,0 +1,98 @@
+"""Classify queued items in batches that form across jobs, decoding ahead of inference."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from shared.classifier.inference import decode_ahead, run_decoded, to_prediction
+from shared.classifier.preprocessing import preprocess
+from shared.db.session import session_scope
+from shared.errors import UploadMissing
+from shared.services.processing import (
+    Claimed,
+    ItemResult,
+    claim_items,
+    queued_count,
+    record_results,
+)
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# A task runs at most this many batches, then hands over to a new message: tasks
+# stay short (well inside any visibility timeout) and jobs take turns.
+MAX_BATCHES_PER_TASK = 8
+
+
+def process_job(job_id: str, runtime: Runtime) -> bool:
+    """Run batches starting with `job_id`'s items; True when that job still has queued items."""
+    settings = runtime.settings
+    classifier = runtime.classifier
+    batch_size = settings.inference_batch_size
+
+    def claims() -> Iterator[Claimed]:
+        for _ in range(MAX_BATCHES_PER_TASK):
+            claimed = _claim(job_id, batch_size, runtime)
+            if not claimed:
+                return
+            yield from claimed
+
+    def decode(item: Claimed) -> np.ndarray:
+        if item.storage_key is None:
+            raise UploadMissing(f"{item.filename!r} has no stored upload")
+        data = runtime.storage.get(item.storage_key)
+        return preprocess(data, item.filename, classifier.input_size, settings.max_image_pixels)
+
+    for batch in decode_ahead(claims(), decode, batch_size, settings.decode_workers):
+        started = time.perf_counter()
+        outputs = run_decoded(batch, classifier.predict)
+        inference_ms = (time.perf_counter() - started) * 1000
+        results = []
+        for decoded, probabilities in zip(batch, outputs, strict=True):
+            item = decoded.item
+            if probabilities is None:
+                error = decoded.error.message if decoded.error else "not decoded"
+                results.append(ItemResult(item.id, item.job_id, None, None, None, error))
+                continue
+            prediction = to_prediction(item.filename, probabilities, classifier.classes)
+            results.append(
+                ItemResult(
+                    item.id,
+                    item.job_id,
+                    prediction.label,
+                    prediction.confidence,
+                    prediction.scores,
+                    None,
+                )
+            )
+        with session_scope() as session:
+            record_results(session, results, worker=runtime.name, inference_ms=inference_ms)
+        if not settings.keep_uploads:
+            for decoded in batch:
+                if decoded.item.storage_key:
+                    runtime.storage.delete(decoded.item.storage_key)
+        log.info(
+            "batch of %d from %d job(s) in %.0f ms",
+            len(batch),
+            len({d.item.job_id for d in batch}),
+            inference_ms,
+        )
+    with session_scope() as session:
+        return queued_count(session, job_id) > 0
+
+
+def _claim(job_id: str, batch_size: int, runtime: Runtime) -> list[Claimed]:
+    version = runtime.classifier.version
+    with session_scope() as session:
+        claimed = claim_items(session, job_id, batch_size, version)
+    wait = runtime.settings.batch_wait_ms / 1000
+    if claimed and len(claimed) < batch_size and wait > 0:
+        # Jobs often arrive in bursts: a short wait lets a partial batch fill up.
+        time.sleep(wait)
+        with session_scope() as session:
+            claimed += claim_items(session, job_id, batch_size - len(claimed), version)
+    return claimed

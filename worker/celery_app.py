@@ -1,0 +1,61 @@
+"""The Celery application: Redis when REDIS_URL is set, else the embedded filesystem broker.
+
+Both run the same tasks with the same settings; messages carry job ids only,
+the database holds every state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from shared.settings import Settings, get_settings
+
+CLASSIFY_TASK = "worker.tasks.classify_job"
+QUEUE = "classify"
+
+
+def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+    if settings.redis_url:
+        # Past the visibility timeout an unacknowledged message is delivered again;
+        # tasks are short (a few batches) and idempotent, so a generous bound is safe.
+        return settings.redis_url, {"visibility_timeout": 3600}
+    folder = settings.broker_folder
+    for sub in ("queue", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return "filesystem://", {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    broker, options = broker_options(settings)
+    app = Celery("intel_classifier", broker=broker)
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        # The model is loaded once per worker at start; a restarted child would reload it.
+        worker_max_tasks_per_child=None,
+    )
+    return app
+
+
+celery_app = make_celery(get_settings())
+
+
+def enqueue_job(job_id: str) -> None:
+    """Send a job's wake-up message; by name, so the API never imports the task code."""
+    celery_app.send_task(CLASSIFY_TASK, args=[job_id], queue=QUEUE)

@@ -1,0 +1,43 @@
+"""What a worker process holds for its life: the loaded model and the upload storage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from shared.classifier.model import Classifier, load_classifier
+from shared.settings import Settings, get_settings
+from shared.storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    classifier: Classifier
+    storage: Storage
+    name: str
+
+
+_runtime: Runtime | None = None
+
+
+def load() -> Runtime:
+    """Load the model once for this process; later calls return the same runtime."""
+    global _runtime
+    if _runtime is None:
+        settings = get_settings()
+        classifier = load_classifier(
+            settings.model_path, settings.base_weights, settings.inference_backend
+        )
+        _runtime = Runtime(
+            settings=settings,
+            classifier=classifier,
+            storage=open_storage(settings.resolved_storage_url),
+            name=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        log.info("model %s loaded in worker %s", classifier.version, _runtime.name)
+    return _runtime
