@@ -22,12 +22,13 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
         # tasks are short (a few batches) and idempotent, so a generous bound is safe.
         return settings.redis_url, {"visibility_timeout": 3600}
     folder = settings.broker_folder
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return "filesystem://", {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
         "store_processed": False,
         "polling_interval": 0.05,
     }
