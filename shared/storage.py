@@ -1,6 +1,6 @@
 """Upload storage: a local folder by default, an S3-compatible bucket for several machines.
 
-Keys are made by the service (`uploads/<job id>/<item id>`); names from users are
+Keys are made by the service (`<job id>/<item id>`); names from users are
 never used as paths.
 """
 

@@ -63,3 +63,59 @@ def sample_dataset(source: Path, target: Path, per_class: int, offset: int = 0) 
         for path in sorted(folder.iterdir())[offset : offset + per_class]:
             (target / folder.name / path.name).symlink_to(path)
     return target
+
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the real Postgres server; its absence fails the run."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"intel_test_{uuid.uuid4().hex[:10]}"
+    admin = make_url(PG_ADMIN_URL)
+    try:
+        connection = psycopg.connect(
+            host=admin.host,
+            port=admin.port or 5432,
+            user=admin.username,
+            password=admin.password,
+            dbname=admin.database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_ADMIN_URL}: {exc}")
+    with connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+        yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
+            hide_password=False
+        )
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis database, emptied; its absence fails the run."""
+    import redis
+
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=5).flushdb()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required at {TEST_REDIS_URL}: {exc}")
+    return TEST_REDIS_URL
+
+
+def zip_bytes(entries: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

@@ -52,7 +52,8 @@ class StagedItem:
 
 
 def storage_prefix(job_id: str) -> str:
-    return f"uploads/{job_id}"
+    """Every stored file of a job lives under its id, so deleting a job is one prefix."""
+    return job_id
 
 
 def stage_uploads(

@@ -1,0 +1,148 @@
+"""Real processes for the service tests: the API (uvicorn) and Celery workers, on real ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.db.models import JobStatus
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@dataclass
+class Service:
+    env: dict[str, str]
+    data_dir: Path
+    port: int
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, timeout: float = 60) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def spawn(self, name: str, *args: str) -> Process:
+        log = self.data_dir / f"{name}-{len(self.processes)}.log"
+        stream = log.open("wb")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "shared", *args],
+            env=self.env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    def start_api(self) -> Process:
+        process = self.spawn("api", "api", "--port", str(self.port))
+        wait_for(lambda: self._answers("/healthz") or _died(process), 60, "the API")
+        _raise_if_died(process)
+        return process
+
+    def start_worker(self) -> Process:
+        process = self.spawn("worker", "worker")
+        wait_for(lambda: " ready." in process.output() or _died(process), 180, "a worker")
+        _raise_if_died(process)
+        return process
+
+    def start_serve(self) -> Process:
+        process = self.spawn("serve", "serve", "--port", str(self.port))
+        wait_for(lambda: " ready." in process.output() or _died(process), 180, "serve's worker")
+        wait_for(lambda: self._answers("/healthz") or _died(process), 60, "serve's API")
+        _raise_if_died(process)
+        return process
+
+    def _answers(self, path: str) -> bool:
+        try:
+            return httpx.get(self.url + path, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_job(self, job_id: str, timeout: float = 180) -> dict[str, Any]:
+        with self.client() as client:
+
+            def finished() -> dict[str, Any] | None:
+                job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+                return job if JobStatus(job["status"]).is_final else None
+
+            result: dict[str, Any] = wait_for(finished, timeout, f"job {job_id}", 0.2)
+            return result
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.output()[-4000:]}" for p in self.processes)
+
+
+def _died(process: Process) -> bool:
+    return process.popen.poll() is not None
+
+
+def _raise_if_died(process: Process) -> None:
+    if process.popen.poll() is not None:
+        raise RuntimeError(
+            f"{process.name} exited with {process.popen.returncode}:\n{process.output()}"
+        )
+
+
+def service_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL"))}
+    env.update(
+        {
+            "DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "INFERENCE_BATCH_SIZE": "8",
+        }
+    )
+    env.update(overrides)
+    return env

@@ -1,0 +1,170 @@
+"""Job state in real SQLite and Postgres: migrations, claiming, idempotent results, recovery."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select, text, update
+
+from shared.db.migrate import downgrade, upgrade
+from shared.db.models import Base, Item, ItemStatus, Job, JobStatus, new_id, utcnow
+from shared.db.session import engine_for, session_scope
+from shared.errors import Conflict
+from shared.services.intake import StagedItem
+from shared.services.jobs import cancel_job, create_job
+from shared.services.processing import ItemResult, claim_items, record_results, requeue_stale
+from shared.settings import get_settings
+
+TABLES = {"jobs", "items", "batches", "alembic_version"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+        upgrade(url)
+    else:
+        url = request.getfixturevalue("postgres_url")
+        upgrade(url)
+        with engine_for(url).begin() as connection:
+            connection.execute(text("TRUNCATE jobs, items, batches"))
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+def test_migration_matches_the_models_and_round_trips(database: str) -> None:
+    engine = engine_for(database)
+    assert set(inspect(engine).get_table_names()) >= TABLES
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+    downgrade(database)
+    engine.dispose()
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    upgrade(database)
+    assert set(inspect(engine).get_table_names()) >= TABLES
+
+
+def _job(n: int, failed: int = 0) -> str:
+    job_id = new_id()
+    staged = [
+        StagedItem(new_id(), i, f"img{i}.jpg", 10, "0" * 64, f"k/{i}", None) for i in range(n)
+    ] + [
+        StagedItem(new_id(), n + i, f"bad{i}.txt", 3, "1" * 64, None, "not an image")
+        for i in range(failed)
+    ]
+    with session_scope() as session:
+        create_job(session, job_id, staged)
+    return job_id
+
+
+def _results(claimed: list, label: str = "sea", fail: set[str] | None = None) -> list[ItemResult]:
+    fail = fail or set()
+    return [
+        ItemResult(c.id, c.job_id, None, None, None, "broken")
+        if c.filename in fail
+        else ItemResult(c.id, c.job_id, label, 0.9, {label: 0.9}, None)
+        for c in claimed
+    ]
+
+
+def _job_row(job_id: str) -> Job:
+    with session_scope(write=False) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_claims_own_job_first_then_lowest_positions_of_others(database: str) -> None:
+    big, single = _job(10), _job(1)
+    with session_scope() as session:
+        first = claim_items(session, big, 4, "v1")
+    assert [(c.job_id, c.filename) for c in first] == [(big, f"img{i}.jpg") for i in range(4)]
+    with session_scope() as session:
+        other = claim_items(session, new_id(), 3, "v1")
+    assert [(c.job_id, c.filename) for c in other] == [
+        (single, "img0.jpg"),
+        (big, "img4.jpg"),
+        (big, "img5.jpg"),
+    ]
+    assert _job_row(big).status == JobStatus.RUNNING
+    assert _job_row(big).model_version == "v1"
+
+
+def test_results_are_written_once_and_the_job_ends_with_the_right_status(database: str) -> None:
+    job_id = _job(3, failed=1)
+    assert _job_row(job_id).failed == 1  # the intake's failure counts from the start
+    with session_scope() as session:
+        claimed = claim_items(session, job_id, 10, "v1")
+    with session_scope() as session:
+        record_results(session, _results(claimed, fail={"img2.jpg"}), worker="w", inference_ms=5)
+    with session_scope() as session:  # a redelivered task writes the same batch again
+        record_results(session, _results(claimed, label="forest"), worker="w", inference_ms=5)
+    job = _job_row(job_id)
+    assert (job.status, job.succeeded, job.failed, job.total) == (
+        JobStatus.PARTIALLY_SUCCEEDED,
+        2,
+        2,
+        4,
+    )
+    assert job.finished_at is not None
+    with session_scope(write=False) as session:
+        labels = session.scalars(select(Item.label).where(Item.job_id == job_id)).all()
+    assert sorted(str(label) for label in labels) == ["None", "None", "sea", "sea"]
+
+
+def test_all_failed_is_failed_and_all_succeeded_is_succeeded(database: str) -> None:
+    bad, good = _job(1), _job(2)
+    for job_id, size, fail in ((bad, 1, {"img0.jpg"}), (good, 2, set())):
+        with session_scope() as session:
+            claimed = claim_items(session, job_id, size, "v1")
+        with session_scope() as session:
+            record_results(session, _results(claimed, fail=fail), worker="w", inference_ms=1)
+    assert _job_row(bad).status == JobStatus.FAILED
+    assert _job_row(good).status == JobStatus.SUCCEEDED
+
+
+def test_cancel_skips_queued_items_and_keeps_finished_ones(database: str) -> None:
+    job_id = _job(5)
+    with session_scope() as session:
+        running = claim_items(session, job_id, 2, "v1")
+    with session_scope() as session:
+        cancel_job(session, job_id)
+    with session_scope() as session:  # the batch in flight still lands
+        record_results(session, _results(running), worker="w", inference_ms=1)
+    job = _job_row(job_id)
+    assert (job.status, job.succeeded, job.skipped) == (JobStatus.CANCELLED, 2, 3)
+    with session_scope() as session, pytest.raises(Conflict, match="already finished"):
+        cancel_job(session, job_id)
+
+
+def test_reconciler_requeues_items_of_a_dead_worker(database: str) -> None:
+    job_id = _job(2)
+    with session_scope() as session:
+        claimed = claim_items(session, job_id, 2, "v1")
+    with session_scope() as session:
+        assert requeue_stale(session, 60) == []  # still within the deadline
+    with session_scope() as session:
+        session.execute(
+            update(Item)
+            .where(Item.job_id == job_id)
+            .values(started_at=utcnow() - timedelta(hours=1))
+        )
+    with session_scope() as session:
+        assert requeue_stale(session, 60) == [job_id]
+    with session_scope() as session:
+        again = claim_items(session, job_id, 5, "v1")
+    assert {c.id for c in again} == {c.id for c in claimed}
+    with session_scope(write=False) as session:
+        attempts = session.scalars(select(Item.attempts).where(Item.job_id == job_id)).all()
+    assert attempts == [2, 2]
+    assert ItemStatus.RUNNING == "running"
