@@ -45,7 +45,8 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert set(body) == {"error"}
     assert {"code", "message"} <= set(body["error"])
-    return body["error"]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 def post_files(client: httpx.Client, *files: tuple[str, bytes], **form: str) -> httpx.Response:

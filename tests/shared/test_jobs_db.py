@@ -12,12 +12,18 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text, update
 
 from shared.db.migrate import downgrade, upgrade
-from shared.db.models import Base, Item, ItemStatus, Job, JobStatus, new_id, utcnow
+from shared.db.models import Base, Item, Job, JobStatus, new_id, utcnow
 from shared.db.session import engine_for, session_scope
 from shared.errors import Conflict
 from shared.services.intake import StagedItem
 from shared.services.jobs import cancel_job, create_job
-from shared.services.processing import ItemResult, claim_items, record_results, requeue_stale
+from shared.services.processing import (
+    Claimed,
+    ItemResult,
+    claim_items,
+    record_results,
+    requeue_stale,
+)
 from shared.settings import get_settings
 
 TABLES = {"jobs", "items", "batches", "alembic_version"}
@@ -67,7 +73,9 @@ def _job(n: int, failed: int = 0) -> str:
     return job_id
 
 
-def _results(claimed: list, label: str = "sea", fail: set[str] | None = None) -> list[ItemResult]:
+def _results(
+    claimed: list[Claimed], label: str = "sea", fail: set[str] | None = None
+) -> list[ItemResult]:
     fail = fail or set()
     return [
         ItemResult(c.id, c.job_id, None, None, None, "broken")
@@ -167,4 +175,3 @@ def test_reconciler_requeues_items_of_a_dead_worker(database: str) -> None:
     with session_scope(write=False) as session:
         attempts = session.scalars(select(Item.attempts).where(Item.job_id == job_id)).all()
     assert attempts == [2, 2]
-    assert ItemStatus.RUNNING == "running"
