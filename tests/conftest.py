@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,9 +70,9 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the real Postgres server; its absence fails the run."""
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the real Postgres server; its absence fails the run."""
     import uuid
 
     import psycopg
@@ -93,10 +94,18 @@ def postgres_url() -> Iterator[str]:
         pytest.fail(f"PostgreSQL is required at {PG_ADMIN_URL}: {exc}")
     with connection:
         connection.execute(f'CREATE DATABASE "{name}"')
-        yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
-            hide_password=False
-        )
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        try:
+            yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
+                hide_password=False
+            )
+        finally:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,225 @@
+"""The whole service as users run it: real API and Celery worker processes, real images.
+
+Once on Redis + Postgres with separate `api` and `worker` processes, once on the
+embedded defaults (`serve`: SQLite, local files, the filesystem broker).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from shared.classifier import artifact
+from shared.classifier.dataset import LabelledImage, list_labelled_images
+from shared.classifier.evaluation import select_holdout
+from shared.classifier.labels import CLASSES
+from shared.db.models import Batch, utcnow
+from shared.settings import DEFAULT_MODEL_PATH
+from tests.conftest import fresh_postgres_database, zip_bytes
+from tests.harness import Service, free_port, service_env, wait_for
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def holdout_images(train_dir: Path) -> list[LabelledImage]:
+    """Two images per class that the shipped model never trained on."""
+    manifest = artifact.read_manifest(DEFAULT_MODEL_PATH)
+    chosen: list[LabelledImage] = []
+    for image in select_holdout(list_labelled_images(train_dir), manifest):
+        if sum(c.label == image.label for c in chosen) < 2:
+            chosen.append(image)
+    return chosen
+
+
+@pytest.fixture(scope="module", params=["redis+postgres", "embedded"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    data_dir = tmp_path_factory.mktemp(request.param.replace("+", "-"))
+    if request.param == "embedded":
+        service = Service(service_env(data_dir), data_dir, free_port())
+        try:
+            service.start_serve()
+            yield service
+        finally:
+            service.stop()
+        return
+    redis_url = request.getfixturevalue("redis_url")
+    with fresh_postgres_database() as database_url:
+        env = service_env(data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url)
+        service = Service(env, data_dir, free_port())
+        subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+        try:
+            service.start_api()
+            service.start_worker()
+            yield service
+        finally:
+            service.stop()
+
+
+def _alpha_png(path: Path) -> bytes:
+    with Image.open(path) as image:
+        rgba = image.convert("RGBA")
+    rgba.putalpha(200)
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_zip_of_real_and_broken_files(
+    service: Service, holdout_images: list[LabelledImage]
+) -> None:
+    expected = {
+        f"photos/{CLASSES[i.label]}/{i.path.name}": CLASSES[i.label] for i in holdout_images
+    }
+    entries = {
+        name: Path(img.path).read_bytes()
+        for name, img in zip(expected, holdout_images, strict=True)
+    }
+    alpha_source = holdout_images[0]
+    entries["photos/alpha.png"] = _alpha_png(alpha_source.path)
+    truncated = holdout_images[1].path.read_bytes()
+    entries["photos/truncated.jpg"] = truncated[: len(truncated) // 2]
+    entries["photos/readme.txt"] = b"these are my holiday photos"
+
+    with service.client() as client:
+        response = client.post("/jobs", files={"file": ("photos.zip", zip_bytes(entries))})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        job = service.wait_job(job_id)
+        assert job["status"] == "partially_succeeded", service.logs()
+        assert (job["total"], job["succeeded"], job["failed"]) == (15, 13, 2)
+        assert job["progress"] == 1.0
+        assert job["model_version"] == artifact.read_manifest(DEFAULT_MODEL_PATH).version
+        assert sum(job["summary"].values()) == 13
+
+        pages: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = client.get(
+                f"/jobs/{job_id}/results", params={"limit": 4, "cursor": cursor}
+            ).json()
+            pages += page["items"]
+            if (cursor := page["next_cursor"]) is None:
+                break
+        by_name = {item["filename"]: item for item in pages}
+        assert list(by_name) == list(entries)  # every file once, in upload order
+
+        assert by_name["photos/readme.txt"]["status"] == "failed"
+        assert by_name["photos/readme.txt"]["error"] == "not an image"
+        assert by_name["photos/truncated.jpg"]["status"] == "failed"
+        assert "photos/truncated.jpg" in by_name["photos/truncated.jpg"]["error"]
+        assert by_name["photos/alpha.png"]["status"] == "succeeded"
+        correct = sum(by_name[name]["class"] == label for name, label in expected.items())
+        assert correct >= len(expected) - 1, [(n, by_name[n]["class"]) for n in expected]
+        for item in pages:
+            if item["status"] == "succeeded":
+                assert set(item["scores"]) == set(CLASSES)
+                assert item["confidence"] == max(item["scores"].values())
+
+        csv_rows = list(
+            csv.DictReader(
+                io.StringIO(client.get(f"/jobs/{job_id}/results", params={"format": "csv"}).text)
+            )
+        )
+        jsonl_rows = [
+            json.loads(line)
+            for line in client.get(
+                f"/jobs/{job_id}/results", params={"format": "jsonl"}
+            ).text.splitlines()
+        ]
+        assert jsonl_rows == pages
+        assert [(r["filename"], r["status"], r["class"]) for r in csv_rows] == [
+            (i["filename"], i["status"], i["class"] or "") for i in pages
+        ]
+        for row, item in zip(csv_rows, pages, strict=True):
+            if item["confidence"] is not None:
+                assert float(row["confidence"]) == pytest.approx(item["confidence"], abs=1e-6)
+    # Uploads are deleted once their items are done (KEEP_UPLOADS is off).
+    folder = service.data_dir / "uploads" / job_id
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_the_old_demo_call_still_works(
+    service: Service, holdout_images: list[LabelledImage]
+) -> None:
+    image = next(i for i in holdout_images if CLASSES[i.label] == "forest")
+    response = httpx.post(
+        f"{service.url}/predict", files={"file": ("image.jpg", image.path.read_bytes())}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["class"] == "forest"
+    assert 0.5 < body["confidence"] <= 1.0
+    broken = httpx.post(
+        f"{service.url}/predict", files={"file": ("x.jpg", b"\xff\xd8\xff")}, timeout=60
+    )
+    assert broken.status_code in {415, 422}
+    assert "x.jpg" in broken.json()["error"]["message"]
+
+
+def test_concurrent_single_image_jobs_share_batches(
+    service: Service, holdout_images: list[LabelledImage]
+) -> None:
+    images = [i.path.read_bytes() for i in holdout_images] * 2
+
+    def submit(data: bytes) -> str:
+        response = httpx.post(f"{service.url}/jobs", files={"file": ("one.jpg", data)}, timeout=60)
+        assert response.status_code == 202, response.text
+        job_id: str = response.json()["id"]
+        return job_id
+
+    started = utcnow()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        job_ids = list(pool.map(submit, images))
+    for job_id in job_ids:
+        assert service.wait_job(job_id)["status"] == "succeeded"
+    database = service.env.get("DATABASE_URL") or f"sqlite:///{service.data_dir / 'intel.db'}"
+    engine = create_engine(database)
+    with Session(engine) as session:
+        recorded = session.scalars(select(Batch).where(Batch.created_at >= started)).all()
+        batches = [(batch.size, batch.jobs) for batch in recorded]
+    engine.dispose()
+    assert sum(size for size, _ in batches) == len(images)
+    assert max(size for size, _ in batches) > 1, batches
+    assert max(jobs for _, jobs in batches) > 1, batches  # one forward pass, several jobs
+
+
+def test_cancel_stops_a_running_job_and_keeps_its_results(
+    service: Service, holdout_images: list[LabelledImage]
+) -> None:
+    entries = {f"{n}-{i.path.name}": i.path.read_bytes() for n in range(4) for i in holdout_images}
+    with service.client() as client:
+        job_id = client.post("/jobs", files={"file": ("many.zip", zip_bytes(entries))}).json()["id"]
+        wait_for(
+            lambda: client.get(f"/jobs/{job_id}").json()["succeeded"] > 0, 120, "a first batch"
+        )
+        cancelled = client.post(f"/jobs/{job_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        final = service.wait_job(job_id)
+
+        def settled() -> dict[str, Any] | None:
+            job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+            items = client.get(f"/jobs/{job_id}/results", params={"limit": 1000}).json()["items"]
+            running = [i for i in items if i["status"] in {"queued", "running"}]
+            return None if running else job
+
+        job = wait_for(settled, 60, "the batch in flight to land")
+    assert final["status"] == job["status"] == "cancelled"
+    assert job["skipped"] > 0
+    assert job["succeeded"] + job["failed"] + job["skipped"] == job["total"] == 48
