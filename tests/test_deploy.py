@@ -1,0 +1,53 @@
+"""No container engine runs here: check that the deployment files name what exists."""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from typing import Any
+
+import yaml
+
+from shared.cli import app
+from shared.settings import PROJECT_ROOT, Settings
+
+SUBCOMMANDS = {command.name or command.callback.__name__ for command in app.registered_commands}  # type: ignore[union-attr]
+SETTINGS = {name.upper() for name in Settings.model_fields}
+AWS = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+
+
+def _check_command(command: list[str]) -> None:
+    assert command[0] == "intel-classifier", command
+    assert command[1] in SUBCOMMANDS, f"{command[1]} is not a subcommand"
+
+
+def test_compose_names_services_commands_ports_and_settings_that_exist() -> None:
+    compose: dict[str, Any] = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    for name in ("migrate", "api", "worker"):
+        _check_command(services[name]["command"])
+        environment = services[name]["environment"]
+        assert set(environment) <= SETTINGS, set(environment) - SETTINGS
+        assert environment["DATABASE_URL"].startswith("postgresql://")
+        assert environment["REDIS_URL"].startswith("redis://redis:")
+    assert services["api"]["ports"] == ["9696:9696"]
+    assert "--port" in services["api"]["command"]
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_fly_runs_api_and_worker_as_separate_processes() -> None:
+    fly = tomllib.loads((PROJECT_ROOT / "fly.toml").read_text())
+    assert set(fly["processes"]) == {"app", "worker"}
+    for command in fly["processes"].values():
+        _check_command(shlex.split(command))
+    _check_command(shlex.split(fly["deploy"]["release_command"]))
+    assert fly["http_service"]["internal_port"] == int(fly["env"]["PORT"]) == Settings().port
+    assert set(fly["env"]) <= SETTINGS
+
+
+def test_dockerfile_copies_paths_that_exist() -> None:
+    for line in (PROJECT_ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (PROJECT_ROOT / source).exists(), source
