@@ -1,5 +1,6 @@
-# The two commands of the README: `make run` (set up, then start) and `make test`
-# (set up, then lint, type-check and test). Both create .venv on first use.
+# The two commands of the README: `make run` (set up, then start the service on
+# embedded defaults) and `make test` (set up, then lint, type-check and test).
+# Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/intel-classifier $(or $(ARGS),--help)
+	$(BIN)/intel-classifier serve $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
