@@ -70,6 +70,10 @@ def begin_write(session: Session) -> None:
 
     Call it before the first statement of a transaction that reads, then writes.
     """
+    if session.in_transaction():
+        if session.connection().get_execution_options().get(WRITE_OPTION):
+            return  # already a write transaction
+        raise RuntimeError("begin_write() must come before the transaction's first statement")
     session.connection(execution_options={WRITE_OPTION: True})
 
 
