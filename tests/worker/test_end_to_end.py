@@ -197,6 +197,8 @@ def test_concurrent_single_image_jobs_share_batches(
     assert sum(size for size, _ in batches) == len(images)
     assert max(size for size, _ in batches) > 1, batches
     assert max(jobs for _, jobs in batches) > 1, batches  # one forward pass, several jobs
+    worker_logs = "".join(p.output() for p in service.processes if p.name in {"worker", "serve"})
+    assert worker_logs.count("loaded in worker") == 1  # once at start, never per task
 
 
 def test_cancel_stops_a_running_job_and_keeps_its_results(
