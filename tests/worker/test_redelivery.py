@@ -1,0 +1,60 @@
+"""A worker killed in the middle of a batch loses nothing: the reconciler hands its items on."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.classifier.dataset import list_labelled_images
+from tests.conftest import fresh_postgres_database, zip_bytes
+from tests.harness import Service, free_port, service_env, wait_for
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    data_dir = tmp_path_factory.mktemp("redelivery")
+    with fresh_postgres_database() as database_url:
+        env = service_env(
+            data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url, REQUEUE_AFTER_SECONDS="4"
+        )
+        service = Service(env, data_dir, free_port())
+        subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+        try:
+            service.start_api()
+            yield service
+        finally:
+            service.stop()
+
+
+def test_sigkill_mid_batch_then_a_new_worker_finishes_every_item_once(
+    service: Service, train_dir: Path
+) -> None:
+    images = list_labelled_images(train_dir)[:40]
+    archive = zip_bytes(
+        {f"{i:02d}-{image.path.name}": image.path.read_bytes() for i, image in enumerate(images)}
+    )
+    first = service.start_worker()
+    with service.client() as client:
+        job_id = client.post("/jobs", files={"file": ("batch.zip", archive)}).json()["id"]
+        wait_for(lambda: client.get(f"/jobs/{job_id}").json()["succeeded"] >= 8, 120, "a batch")
+        first.stop(signal.SIGKILL)
+        at_kill = client.get(f"/jobs/{job_id}").json()
+        assert at_kill["status"] == "running"
+        assert at_kill["succeeded"] < 40  # killed with work left
+
+        second = service.start_worker()
+        job = service.wait_job(job_id, timeout=180)
+        items = client.get(f"/jobs/{job_id}/results", params={"limit": 1000}).json()["items"]
+    assert job["status"] == "succeeded", service.logs()
+    assert (job["total"], job["succeeded"], job["failed"]) == (40, 40, 0)
+    assert len(items) == 40
+    assert len({item["filename"] for item in items}) == 40
+    assert all(item["status"] == "succeeded" and item["class"] for item in items)
+    assert f"reconciler enqueued 1 job(s) again: {job_id}" in second.output()
