@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.limits import UploadLimit
-from api.routes import health, jobs, predict
+from api.routes import health, jobs, predict, webhooks
 from shared.settings import get_settings
 
 
@@ -21,6 +21,7 @@ def create_app() -> FastAPI:
         ),
     )
     app.include_router(jobs.router)
+    app.include_router(webhooks.router)
     app.include_router(predict.router)
     app.include_router(health.router)
     install_error_handlers(app)

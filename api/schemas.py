@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.db.models import Item, Job
+from shared.db.models import Item, WebhookAttempt, WebhookEvent
 
 
 class ErrorBody(BaseModel):
@@ -23,6 +23,7 @@ class ErrorResponse(BaseModel):
 class JobLinks(BaseModel):
     self: str
     results: str
+    webhooks: str
 
 
 class JobOut(BaseModel):
@@ -39,31 +40,10 @@ class JobOut(BaseModel):
     summary: dict[str, int] = Field(description="Images classified so far, per class")
     model_version: str | None
     webhook_url: str | None
+    webhook_events: list[str] = Field(description="Optional events asked for besides the final one")
     metadata: dict[str, Any]
     error: str | None
     links: JobLinks
-
-    @classmethod
-    def of(cls, job: Job, summary: dict[str, int]) -> JobOut:
-        done = job.succeeded + job.failed + job.skipped
-        return cls(
-            id=job.id,
-            status=job.status,
-            total=job.total,
-            succeeded=job.succeeded,
-            failed=job.failed,
-            skipped=job.skipped,
-            progress=round(done / job.total, 4) if job.total else 1.0,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            summary=summary,
-            model_version=job.model_version,
-            webhook_url=job.webhook_url,
-            metadata=job.client_metadata,
-            error=job.error,
-            links=JobLinks(self=f"/jobs/{job.id}", results=f"/jobs/{job.id}/results"),
-        )
 
 
 class JobList(BaseModel):
@@ -121,3 +101,49 @@ class PredictOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookAttemptOut(BaseModel):
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    retry_in_seconds: float | None = Field(
+        description="Delay before the next attempt; null if none"
+    )
+
+    @classmethod
+    def of(cls, attempt: WebhookAttempt) -> WebhookAttemptOut:
+        return cls(
+            attempted_at=attempt.attempted_at,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            duration_ms=attempt.duration_ms,
+            retry_in_seconds=attempt.retry_in_seconds,
+        )
+
+
+class WebhookEventOut(BaseModel):
+    id: str = Field(description="The webhook-id header of every attempt")
+    type: str
+    status: str
+    url: str
+    created_at: datetime
+    next_attempt_at: datetime | None
+    attempts: list[WebhookAttemptOut]
+
+    @classmethod
+    def of(cls, event: WebhookEvent) -> WebhookEventOut:
+        return cls(
+            id=event.id,
+            type=event.type,
+            status=event.status,
+            url=event.url,
+            created_at=event.created_at,
+            next_attempt_at=event.next_attempt_at,
+            attempts=[WebhookAttemptOut.of(a) for a in event.attempt_log],
+        )
+
+
+class WebhookEventList(BaseModel):
+    items: list[WebhookEventOut]

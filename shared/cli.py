@@ -253,11 +253,36 @@ def worker(
 
 
 @app.command()
+def webhooks(
+    concurrency: Annotated[int, typer.Option(help="Deliveries in flight at once.")] = 8,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run one webhook delivery worker (no model; threads, so slow receivers do not block)."""
+    import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
+    from worker import runtime
+    from worker.celery_app import WEBHOOK_QUEUE, celery_app
+
+    runtime.role = "webhooks"
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+            "-Q",
+            WEBHOOK_QUEUE,
+            "-n",
+            "webhooks@%h",
+        ]
+    )
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface [env HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [env PORT, default 9696].")] = None,
 ) -> None:
-    """Migrate, then run the API and one worker together (embedded defaults unless configured)."""
+    """Migrate, then run the API, one worker and one webhook worker (embedded defaults)."""
     import subprocess
     import sys
 
@@ -272,15 +297,20 @@ def serve(
         f"storage {settings.resolved_storage_url}",
         err=True,
     )
-    worker_process = subprocess.Popen([sys.executable, "-m", "shared", "worker"])
+    children = [
+        subprocess.Popen([sys.executable, "-m", "shared", "worker"]),
+        subprocess.Popen([sys.executable, "-m", "shared", "webhooks"]),
+    ]
     try:
         api(host=host, port=port)
     finally:
-        worker_process.terminate()
-        try:
-            worker_process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_process.kill()
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 def _redacted(url: str) -> str:

@@ -41,6 +41,16 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(default=300.0, gt=0)
     batch_wait_ms: int = Field(default=20, ge=0, le=5000)
 
+    webhook_secrets: str = Field(
+        default="", description="Comma-separated whsec_ secrets; every one signs each event"
+    )
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_allowed_networks: str = Field(
+        default="", description="Comma-separated CIDRs exempt from the private-address guard"
+    )
+    webhook_progress_interval_seconds: float = Field(default=10.0, gt=0)
+
     base_weights: str = Field(
         default="imagenet",
         description=(
@@ -75,6 +85,14 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or (self.data_dir / "uploads").resolve().as_uri()
+
+    @property
+    def webhook_secret_list(self) -> list[str]:
+        return [s.strip() for s in self.webhook_secrets.split(",") if s.strip()]
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        return [float(s) for s in self.webhook_retry_schedule.split(",") if s.strip()]
 
     @property
     def broker_folder(self) -> Path:

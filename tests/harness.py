@@ -94,7 +94,7 @@ class Service:
 
     def start_serve(self) -> Process:
         process = self.spawn("serve", "serve", "--port", str(self.port))
-        wait_for(lambda: " ready." in process.output() or _died(process), 180, "serve's worker")
+        wait_for(lambda: process.output().count(" ready.") >= 2 or _died(process), 180, "workers")
         wait_for(lambda: self._answers("/healthz") or _died(process), 60, "serve's API")
         _raise_if_died(process)
         return process

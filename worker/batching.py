@@ -70,7 +70,13 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
                 )
             )
         with session_scope() as session:
-            record_results(session, results, worker=runtime.name, inference_ms=inference_ms)
+            record_results(
+                session,
+                results,
+                worker=runtime.name,
+                inference_ms=inference_ms,
+                progress_interval_seconds=settings.webhook_progress_interval_seconds,
+            )
         if not settings.keep_uploads:
             for decoded in batch:
                 if decoded.item.storage_key:

@@ -11,9 +11,12 @@ from typing import Any
 from celery import Celery
 
 from shared.settings import Settings, get_settings
+from shared.webhooks.events import set_dispatcher
 
 CLASSIFY_TASK = "worker.tasks.classify_job"
 QUEUE = "classify"
+WEBHOOK_TASK = "worker.tasks.deliver_webhook"
+WEBHOOK_QUEUE = "webhooks"
 
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -60,3 +63,11 @@ celery_app = make_celery(get_settings())
 def enqueue_job(job_id: str) -> None:
     """Send a job's wake-up message; by name, so the API never imports the task code."""
     celery_app.send_task(CLASSIFY_TASK, args=[job_id], queue=QUEUE)
+
+
+def enqueue_webhook(event_id: str) -> None:
+    celery_app.send_task(WEBHOOK_TASK, args=[event_id], queue=WEBHOOK_QUEUE)
+
+
+# Every process that commits webhook events (API and workers) enqueues them after commit.
+set_dispatcher(enqueue_webhook)

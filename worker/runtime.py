@@ -23,6 +23,8 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
+# Which worker this process is: "classify" holds the model; "webhooks" only delivers.
+role = "classify"
 
 
 def load() -> Runtime:

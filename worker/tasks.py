@@ -5,18 +5,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import lru_cache
 from typing import Any
 
+import httpx
 from celery.signals import worker_init, worker_ready
 
 from shared.db.session import session_scope
 from shared.services.processing import requeue_stale
 from shared.settings import get_settings
+from shared.webhooks.delivery import deliver, due_events
 from worker import runtime
 from worker.batching import process_job
-from worker.celery_app import CLASSIFY_TASK, celery_app, enqueue_job
+from worker.celery_app import (
+    CLASSIFY_TASK,
+    WEBHOOK_TASK,
+    celery_app,
+    enqueue_job,
+    enqueue_webhook,
+)
 
 log = logging.getLogger(__name__)
+
+DISPATCH_INTERVAL_SECONDS = 1.0
 
 
 @celery_app.task(name=CLASSIFY_TASK, acks_late=True)
@@ -46,11 +57,37 @@ def _reconcile_forever() -> None:
         time.sleep(interval)
 
 
+@celery_app.task(name=WEBHOOK_TASK, acks_late=True)
+def deliver_webhook(event_id: str) -> None:
+    deliver(event_id, get_settings(), _http_client())
+
+
+@lru_cache(maxsize=1)
+def _http_client() -> httpx.Client:
+    # Redirects are not followed: a 3xx is a failed attempt, never a hop to another host.
+    return httpx.Client(timeout=get_settings().webhook_timeout_seconds, follow_redirects=False)
+
+
+def _dispatch_due_forever() -> None:
+    """Send every pending webhook event that is due: retries, and sends whose enqueue was lost."""
+    while True:
+        try:
+            for event_id in due_events():
+                enqueue_webhook(event_id)
+        except Exception:
+            log.exception("webhook dispatcher pass failed")
+        time.sleep(DISPATCH_INTERVAL_SECONDS)
+
+
 @worker_init.connect
 def _load_model(**_: Any) -> None:
-    runtime.load()
+    if runtime.role == "classify":
+        runtime.load()
 
 
 @worker_ready.connect
-def _start_reconciler(**_: Any) -> None:
-    threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True).start()
+def _start_background_loops(**_: Any) -> None:
+    if runtime.role == "classify":
+        threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True).start()
+    else:
+        threading.Thread(target=_dispatch_due_forever, name="dispatcher", daemon=True).start()

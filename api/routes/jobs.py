@@ -19,6 +19,7 @@ from shared.classifier.labels import CLASSES
 from shared.db.models import Job, JobStatus
 from shared.db.session import session_scope
 from shared.services import jobs as job_service
+from shared.services.documents import job_document
 from shared.services.intake import Upload
 from shared.services.submission import submit_job
 from worker.celery_app import enqueue_job
@@ -33,7 +34,7 @@ class ResultFormat(StrEnum):
 
 
 def job_out(session: SessionDep, job: Job) -> JobOut:
-    return JobOut.of(job, job_service.class_summary(session, job.id))
+    return JobOut.model_validate(job_document(session, job))
 
 
 def uploads_of(file: UploadFile | None, files: list[UploadFile] | None) -> list[Upload]:
@@ -49,7 +50,10 @@ def create(
     settings: SettingsDep,
     file: Annotated[UploadFile | None, File(description="One image or one .zip")] = None,
     files: Annotated[list[UploadFile] | None, File(description="More images or zips")] = None,
-    webhook_url: Annotated[str | None, Form()] = None,
+    webhook_url: Annotated[str | None, Form(description="Called when the job ends")] = None,
+    webhook_events: Annotated[
+        str | None, Form(description="Also send: job.started, job.progress (comma-separated)")
+    ] = None,
     metadata: Annotated[str | None, Form(description="A JSON object kept with the job")] = None,
 ) -> JobOut:
     """Upload one image, a zip of images, or several; classification happens in the background."""
@@ -60,6 +64,7 @@ def create(
         uploads_of(file, files),
         enqueue=enqueue_job,
         webhook_url=webhook_url,
+        webhook_events=webhook_events,
         metadata=metadata,
     )
     response.headers["Location"] = f"/jobs/{job.id}"

@@ -99,6 +99,9 @@ class Job(Base):
     # `metadata` is reserved on declarative classes; the column keeps the API's name.
     client_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # Events beyond the final one the client asked for: job.started, job.progress.
+    webhook_events: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    progress_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     items: Mapped[list[Item]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True
@@ -146,3 +149,52 @@ class Batch(Base):
     jobs: Mapped[int] = mapped_column(Integer)
     inference_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class WebhookEventStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    GONE = "gone"  # the receiver answered 410: no more attempts for this job
+    FAILED = "failed"  # the retry schedule ran out, or the URL was refused at delivery
+
+
+class WebhookEvent(Base):
+    """One event to deliver; its id is the `webhook-id` every attempt carries."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index("ix_webhook_events_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(
+        Text
+    )  # frozen at creation: every attempt sends the same bytes
+    status: Mapped[str] = mapped_column(String(16), default=WebhookEventStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # since the last (re)delivery request
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    attempt_log: Mapped[list[WebhookAttempt]] = relationship(
+        order_by="WebhookAttempt.attempted_at",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    retry_in_seconds: Mapped[float | None] = mapped_column(Float)  # None: no retry follows

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
@@ -18,6 +18,7 @@ from shared.errors import Conflict, InvalidInput, NotFound
 from shared.services.intake import StagedItem, storage_prefix
 from shared.services.progress import refresh_job
 from shared.storage import Storage
+from shared.webhooks.events import record_final_event
 
 
 def create_job(
@@ -26,6 +27,7 @@ def create_job(
     staged: list[StagedItem],
     *,
     webhook_url: str | None = None,
+    webhook_events: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Job:
     """Insert the job and its items; the caller commits, then enqueues."""
@@ -36,6 +38,7 @@ def create_job(
         created_at=now,
         total=len(staged),
         webhook_url=webhook_url,
+        webhook_events=webhook_events or [],
         client_metadata=metadata or {},
     )
     session.add(job)
@@ -69,15 +72,6 @@ def get_job(session: Session, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"no job with id {job_id!r}")
     return job
-
-
-def class_summary(session: Session, job_id: str) -> dict[str, int]:
-    rows = session.execute(
-        select(Item.label, func.count())
-        .where(Item.job_id == job_id, Item.status == ItemStatus.SUCCEEDED)
-        .group_by(Item.label)
-    )
-    return {str(label): int(count) for label, count in rows if label is not None}
 
 
 @dataclass(frozen=True)
@@ -160,6 +154,7 @@ def cancel_job(session: Session, job_id: str) -> Job:
     job.status = JobStatus.CANCELLED
     job.finished_at = now
     refresh_job(session, job_id)
+    record_final_event(session, job)
     return job
 
 

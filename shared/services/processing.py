@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, utcnow
 from shared.services.progress import refresh_job
+from shared.webhooks.events import record_event, record_progress_event
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,15 @@ def claim_items(session: Session, job_id: str, limit: int, model_version: str) -
         ).all()
     )
     claimed.sort(key=lambda row: (row.job_id != job_id, row.position))
-    session.execute(
-        update(Job)
+    starting = session.scalars(
+        select(Job)
         .where(Job.id.in_({row.job_id for row in claimed}), Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING, started_at=now, model_version=model_version)
-    )
+        .with_for_update()
+    ).all()
+    for job in starting:
+        job.status, job.started_at, job.model_version = JobStatus.RUNNING, now, model_version
+        if "job.started" in (job.webhook_events or []):
+            record_event(session, job, "job.started")
     return [Claimed(row.id, row.job_id, row.filename, row.storage_key) for row in claimed]
 
 
@@ -79,7 +84,12 @@ def _queued_ids(session: Session, limit: int, *criteria: object) -> list[str]:
 
 
 def record_results(
-    session: Session, results: list[ItemResult], *, worker: str, inference_ms: float
+    session: Session,
+    results: list[ItemResult],
+    *,
+    worker: str,
+    inference_ms: float,
+    progress_interval_seconds: float = 10.0,
 ) -> None:
     """Write a batch's results (only over items still running) and settle their jobs."""
     if not results:
@@ -120,7 +130,9 @@ def record_results(
         )
     )
     for job_id in sorted({r.job_id for r in results}):  # one lock order: no deadlocks
-        refresh_job(session, job_id)
+        job = refresh_job(session, job_id)
+        if job is not None:
+            record_progress_event(session, job, progress_interval_seconds)
 
 
 def queued_count(session: Session, job_id: str) -> int:

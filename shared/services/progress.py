@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
+from shared.webhooks.events import record_final_event
 
 
 def final_status(succeeded: int, failed: int) -> JobStatus:
@@ -38,4 +39,5 @@ def refresh_job(session: Session, job_id: str) -> Job | None:
         job.status = final_status(job.succeeded, job.failed)
         job.finished_at = utcnow()
         job.started_at = job.started_at or job.finished_at
+        record_final_event(session, job)
     return job

@@ -6,7 +6,6 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 from sqlalchemy.orm import Session
 
@@ -17,6 +16,8 @@ from shared.services.intake import Upload, stage_uploads, storage_prefix
 from shared.services.jobs import create_job
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.webhooks.events import parse_event_names
+from shared.webhooks.guard import check_webhook_url, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,12 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     return value
 
 
-def check_webhook_url(url: str | None) -> str | None:
+def webhook_target(url: str | None, settings: Settings) -> str | None:
     if not url:
         return None
-    parsed = urlparse(url)
-    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        raise InvalidInput(f"webhook_url must be an http(s) URL with a host, not {url!r}")
+    if not settings.webhook_secret_list:
+        raise InvalidInput("webhooks are not enabled on this server: WEBHOOK_SECRETS is not set")
+    check_webhook_url(url, parse_networks(settings.webhook_allowed_networks))
     return url
 
 
@@ -50,6 +51,7 @@ def submit_job(
     *,
     enqueue: Callable[[str], None],
     webhook_url: str | None = None,
+    webhook_events: str | None = None,
     metadata: str | None = None,
 ) -> Job:
     """Store, commit, enqueue, in that order: a message never names an uncommitted job.
@@ -58,12 +60,20 @@ def submit_job(
     the workers' reconciler enqueues it again after REQUEUE_AFTER_SECONDS.
     """
     parsed_metadata = parse_metadata(metadata)
-    webhook = check_webhook_url(webhook_url)
+    webhook = webhook_target(webhook_url, settings)
+    events = parse_event_names(webhook_events)
     job_id = new_id()
     staged = stage_uploads(uploads, job_id, storage, settings)
     try:
         begin_write(session)
-        job = create_job(session, job_id, staged, webhook_url=webhook, metadata=parsed_metadata)
+        job = create_job(
+            session,
+            job_id,
+            staged,
+            webhook_url=webhook,
+            webhook_events=events,
+            metadata=parsed_metadata,
+        )
         session.commit()
     except BaseException:
         session.rollback()

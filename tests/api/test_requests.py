@@ -21,6 +21,7 @@ LIMITS = {
     "MAX_ZIP_UNCOMPRESSED_BYTES": "3000000",
     "MAX_ZIP_RATIO": "50",
     "MAX_IMAGE_PIXELS": "1000000",
+    "WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 }
 
 
@@ -67,7 +68,11 @@ def test_a_job_is_accepted_with_location_and_the_documented_shape(client: httpx.
     assert job["status"] == "queued"
     assert (job["total"], job["succeeded"], job["failed"], job["progress"]) == (1, 0, 0, 0.0)
     assert job["metadata"] == {"batch": 7}
-    assert job["links"] == {"self": f"/jobs/{job['id']}", "results": f"/jobs/{job['id']}/results"}
+    assert job["links"] == {
+        "self": f"/jobs/{job['id']}",
+        "results": f"/jobs/{job['id']}/results",
+        "webhooks": f"/jobs/{job['id']}/webhooks",
+    }
     assert client.get(job["links"]["self"]).json() == job
 
 
@@ -184,6 +189,12 @@ def test_bad_uploads_are_refused_clearly(
         ({"metadata": "{not json"}, "metadata must be a JSON object"),
         ({"metadata": "[1, 2]"}, "metadata must be a JSON object"),
         ({"webhook_url": "ftp://example.com/hook"}, "webhook_url must be an http(s) URL"),
+        ({"webhook_url": "http://127.0.0.1/hook"}, "127.0.0.1, a loopback address"),
+        ({"webhook_url": "http://169.254.169.254/latest"}, "a link-local (cloud metadata"),
+        ({"webhook_url": "http://10.0.0.1/hook"}, "10.0.0.1, a private address"),
+        ({"webhook_url": "http://localhost:8080/hook"}, "'localhost' resolves to"),
+        ({"webhook_url": "http://[::1]/hook"}, "::1, a loopback address"),
+        ({"webhook_events": "job.started,job.exploded"}, "unknown webhook_events job.exploded"),
     ],
 )
 def test_bad_form_fields_are_422(client: httpx.Client, form: dict[str, str], needle: str) -> None:

@@ -26,7 +26,7 @@ from shared.services.processing import (
 )
 from shared.settings import get_settings
 
-TABLES = {"jobs", "items", "batches", "alembic_version"}
+TABLES = {"jobs", "items", "batches", "webhook_events", "webhook_attempts", "alembic_version"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -40,7 +40,7 @@ def database(
         url = request.getfixturevalue("postgres_url")
         upgrade(url)
         with engine_for(url).begin() as connection:
-            connection.execute(text("TRUNCATE jobs, items, batches"))
+            connection.execute(text("TRUNCATE jobs, items, batches CASCADE"))
     monkeypatch.setenv("DATABASE_URL", url)
     get_settings.cache_clear()
     yield url

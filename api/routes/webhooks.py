@@ -1,0 +1,35 @@
+"""/jobs/{id}/webhooks: every delivery attempt, and sending the final event again."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from api.deps import SessionDep
+from api.errors import ERROR_RESPONSES
+from api.schemas import WebhookEventList, WebhookEventOut
+from shared.db.models import WebhookEvent
+from shared.db.session import begin_write
+from shared.services.jobs import get_job
+from shared.webhooks.delivery import redeliver_final_event
+
+router = APIRouter(prefix="/jobs/{job_id}/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
+
+
+@router.get("", response_model=WebhookEventList)
+def list_events(job_id: str, session: SessionDep) -> WebhookEventList:
+    get_job(session, job_id)
+    events = session.scalars(
+        select(WebhookEvent).where(WebhookEvent.job_id == job_id).order_by(WebhookEvent.created_at)
+    ).all()
+    return WebhookEventList(items=[WebhookEventOut.of(e) for e in events])
+
+
+@router.post("/redeliver", status_code=202, response_model=WebhookEventOut)
+def redeliver(job_id: str, session: SessionDep) -> WebhookEventOut:
+    """Send the job's final event again (same webhook-id), on a fresh retry schedule."""
+    begin_write(session)
+    get_job(session, job_id)
+    event = redeliver_final_event(session, job_id)
+    session.commit()
+    return WebhookEventOut.of(event)

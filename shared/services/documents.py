@@ -1,0 +1,51 @@
+"""The job as clients see it, built once for the API and for webhook payloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Item, ItemStatus, Job
+
+
+def class_summary(session: Session, job_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(Item.label, func.count())
+        .where(Item.job_id == job_id, Item.status == ItemStatus.SUCCEEDED)
+        .group_by(Item.label)
+    )
+    return {str(label): int(count) for label, count in rows if label is not None}
+
+
+def job_document(session: Session, job: Job) -> dict[str, Any]:
+    """What `GET /jobs/{id}` answers, as JSON-ready values."""
+    done = job.succeeded + job.failed + job.skipped
+    return {
+        "id": job.id,
+        "status": job.status,
+        "total": job.total,
+        "succeeded": job.succeeded,
+        "failed": job.failed,
+        "skipped": job.skipped,
+        "progress": round(done / job.total, 4) if job.total else 1.0,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "summary": class_summary(session, job.id),
+        "model_version": job.model_version,
+        "webhook_url": job.webhook_url,
+        "webhook_events": list(job.webhook_events or []),
+        "metadata": job.client_metadata,
+        "error": job.error,
+        "links": {
+            "self": f"/jobs/{job.id}",
+            "results": f"/jobs/{job.id}/results",
+            "webhooks": f"/jobs/{job.id}/webhooks",
+        },
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None

@@ -1,0 +1,1 @@
+"""Webhooks: Standard Webhooks signing, the address guard, events and their delivery."""
