@@ -24,8 +24,8 @@ def _check_command(command: list[str]) -> None:
 def test_compose_names_services_commands_ports_and_settings_that_exist() -> None:
     compose: dict[str, Any] = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
-    for name in ("migrate", "api", "worker"):
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "webhooks"}
+    for name in ("migrate", "api", "worker", "webhooks"):
         _check_command(services[name]["command"])
         environment = services[name]["environment"]
         assert set(environment) <= SETTINGS, set(environment) - SETTINGS
@@ -38,7 +38,7 @@ def test_compose_names_services_commands_ports_and_settings_that_exist() -> None
 
 def test_fly_runs_api_and_worker_as_separate_processes() -> None:
     fly = tomllib.loads((PROJECT_ROOT / "fly.toml").read_text())
-    assert set(fly["processes"]) == {"app", "worker"}
+    assert set(fly["processes"]) == {"app", "worker", "webhooks"}
     for command in fly["processes"].values():
         _check_command(shlex.split(command))
     _check_command(shlex.split(fly["deploy"]["release_command"]))

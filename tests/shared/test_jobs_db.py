@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text, update
 
 from shared.db.migrate import downgrade, upgrade
-from shared.db.models import Base, Item, Job, JobStatus, new_id, utcnow
+from shared.db.models import Base, Item, Job, JobStatus, WebhookEvent, new_id, utcnow
 from shared.db.session import engine_for, session_scope
 from shared.errors import Conflict
 from shared.services.intake import StagedItem
@@ -60,7 +61,7 @@ def test_migration_matches_the_models_and_round_trips(database: str) -> None:
     assert set(inspect(engine).get_table_names()) >= TABLES
 
 
-def _job(n: int, failed: int = 0) -> str:
+def _job(n: int, failed: int = 0, webhook_events: list[str] | None = None) -> str:
     job_id = new_id()
     staged = [
         StagedItem(new_id(), i, f"img{i}.jpg", 10, "0" * 64, f"k/{i}", None) for i in range(n)
@@ -69,7 +70,13 @@ def _job(n: int, failed: int = 0) -> str:
         for i in range(failed)
     ]
     with session_scope() as session:
-        create_job(session, job_id, staged)
+        create_job(
+            session,
+            job_id,
+            staged,
+            webhook_url="https://hooks.example/in" if webhook_events is not None else None,
+            webhook_events=webhook_events,
+        )
     return job_id
 
 
@@ -175,3 +182,25 @@ def test_reconciler_requeues_items_of_a_dead_worker(database: str) -> None:
     with session_scope(write=False) as session:
         attempts = session.scalars(select(Item.attempts).where(Item.job_id == job_id)).all()
     assert attempts == [2, 2]
+
+
+def test_webhook_events_are_written_with_the_state_they_announce(database: str) -> None:
+    job_id = _job(2, webhook_events=["job.started"])
+    quiet = _job(1)  # no webhook_url: no events
+    with session_scope() as session:
+        claimed = claim_items(session, job_id, 1, "v1")
+    with session_scope() as session:
+        record_results(session, _results(claimed), worker="w", inference_ms=1)
+    with session_scope() as session:
+        rest = claim_items(session, job_id, 5, "v1")
+    with session_scope() as session:
+        record_results(session, _results(rest), worker="w", inference_ms=1)
+    with session_scope(write=False) as session:
+        events = session.scalars(select(WebhookEvent).order_by(WebhookEvent.created_at)).all()
+        assert {e.job_id for e in events} == {job_id}
+        assert [e.type for e in events] == ["job.started", "job.succeeded"]
+        final = json.loads(events[-1].body)
+        assert final["data"]["status"] == "succeeded"
+        assert final["data"]["summary"] == {"sea": 2}
+        assert all(e.id.startswith("msg_") and e.status == "pending" for e in events)
+    assert _job_row(quiet).status == JobStatus.SUCCEEDED  # claimed alongside, finished too
