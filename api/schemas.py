@@ -65,6 +65,7 @@ class ItemOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     inference_ms: float | None
+    reused: bool = Field(description="Identical bytes were already classified by this model")
 
     @classmethod
     def of(cls, item: Item) -> ItemOut:
@@ -80,6 +81,7 @@ class ItemOut(BaseModel):
             started_at=item.started_at,
             finished_at=item.finished_at,
             inference_ms=item.inference_ms,
+            reused=item.reused_from is not None,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from shared.services.processing import (
     claim_items,
     queued_count,
     record_results,
+    reuse_known_results,
 )
 from worker.runtime import Runtime
 
@@ -77,10 +79,7 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
                 inference_ms=inference_ms,
                 progress_interval_seconds=settings.webhook_progress_interval_seconds,
             )
-        if not settings.keep_uploads:
-            for decoded in batch:
-                if decoded.item.storage_key:
-                    runtime.storage.delete(decoded.item.storage_key)
+        _delete_uploads(runtime, [decoded.item for decoded in batch])
         log.info(
             "batch of %d from %d job(s) in %.0f ms",
             len(batch),
@@ -92,13 +91,40 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
 
 
 def _claim(job_id: str, batch_size: int, runtime: Runtime) -> list[Claimed]:
+    """Items for the next forward pass; repeats of known images are settled on the way."""
+    to_run: list[Claimed] = []
+    waited = False
+    while len(to_run) < batch_size:
+        fresh = _claim_once(job_id, batch_size - len(to_run), runtime)
+        to_run += fresh.to_run
+        if not fresh.claimed:
+            wait = runtime.settings.batch_wait_ms / 1000
+            if waited or not to_run or wait <= 0:
+                break
+            # Jobs often arrive in bursts: a short wait lets a partial batch fill up.
+            time.sleep(wait)
+            waited = True
+    return to_run
+
+
+@dataclass(frozen=True)
+class _Claim:
+    claimed: list[Claimed]
+    to_run: list[Claimed]
+
+
+def _claim_once(job_id: str, limit: int, runtime: Runtime) -> _Claim:
     version = runtime.classifier.version
     with session_scope() as session:
-        claimed = claim_items(session, job_id, batch_size, version)
-    wait = runtime.settings.batch_wait_ms / 1000
-    if claimed and len(claimed) < batch_size and wait > 0:
-        # Jobs often arrive in bursts: a short wait lets a partial batch fill up.
-        time.sleep(wait)
-        with session_scope() as session:
-            claimed += claim_items(session, job_id, batch_size - len(claimed), version)
-    return claimed
+        claimed = claim_items(session, job_id, limit, version)
+        reused, to_run = reuse_known_results(session, claimed, version, worker=runtime.name)
+    _delete_uploads(runtime, reused)
+    return _Claim(claimed, to_run)
+
+
+def _delete_uploads(runtime: Runtime, items: list[Claimed]) -> None:
+    if runtime.settings.keep_uploads:
+        return
+    for item in items:
+        if item.storage_key:
+            runtime.storage.delete(item.storage_key)

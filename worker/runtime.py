@@ -33,7 +33,10 @@ def load() -> Runtime:
     if _runtime is None:
         settings = get_settings()
         classifier = load_classifier(
-            settings.model_path, settings.base_weights, settings.inference_backend
+            settings.model_path,
+            settings.base_weights,
+            settings.inference_backend,
+            cache_dir=settings.cache_dir,
         )
         _runtime = Runtime(
             settings=settings,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -26,8 +28,12 @@ def resolve_backend(backend: Backend) -> Literal["openvino", "tensorflow"]:
     return "openvino" if importlib.util.find_spec("openvino") is not None else "tensorflow"
 
 
-def make_engine(model: Any, backend: Backend = "auto") -> Engine:
-    """Compile `model` (a Keras model taking NHWC float32) into a batch -> output function."""
+def make_engine(model: Any, backend: Backend = "auto", cache_file: Path | None = None) -> Engine:
+    """Compile `model` (a Keras model taking NHWC float32) into a batch -> output function.
+
+    With `cache_file` (an .xml path keyed by the model's version), OpenVINO's
+    converted form is saved once and read back on later starts.
+    """
     import tensorflow as tf
 
     height, width, channels = model.input_shape[1:]
@@ -40,10 +46,16 @@ def make_engine(model: Any, backend: Backend = "auto") -> Engine:
 
     import openvino as ov
 
-    converted = ov.convert_model(graph.get_concrete_function())
+    core = ov.Core()
+    if cache_file is not None and cache_file.is_file():
+        converted = core.read_model(cache_file)
+    else:
+        converted = ov.convert_model(graph.get_concrete_function())
+        if cache_file is not None:
+            _save_converted(ov, converted, cache_file)
     # LATENCY spends every core on one request: fastest here for batches the
     # workers form, and measured faster than THROUGHPUT at any batch size.
-    compiled = ov.Core().compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    compiled = core.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -51,3 +63,13 @@ def make_engine(model: Any, backend: Backend = "auto") -> Engine:
         return np.array(next(iter(result.values())))
 
     return run
+
+
+def _save_converted(ov: Any, converted: Any, cache_file: Path) -> None:
+    """Write .bin then .xml under temporary names and rename: the .xml marks a complete copy."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.xml")
+    # fp32 as converted: fp16 compression would move scores by about 1e-3.
+    ov.save_model(converted, temporary, compress_to_fp16=False)
+    os.replace(temporary.with_suffix(".bin"), cache_file.with_suffix(".bin"))
+    os.replace(temporary, cache_file)

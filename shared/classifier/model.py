@@ -115,19 +115,33 @@ class Classifier:
         self.network.save(path)
 
 
-def load_classifier(model_path: Path, base_weights: str, backend: Backend = "auto") -> Classifier:
-    """Load an artifact folder (composing base + head) or a complete `.keras` file."""
+def load_classifier(
+    model_path: Path, base_weights: str, backend: Backend = "auto", cache_dir: Path | None = None
+) -> Classifier:
+    """Load an artifact folder (composing base + head) or a complete `.keras` file.
+
+    With `cache_dir`, the OpenVINO form of the model is cached there by model version.
+    """
     if artifact.is_artifact(model_path):
-        return _load_artifact(model_path, base_weights, backend)
+        return _load_artifact(model_path, base_weights, backend, cache_dir)
     if model_path.is_file() and model_path.suffix == ".keras":
-        return _load_keras_file(model_path, backend)
+        return _load_keras_file(model_path, backend, cache_dir)
     raise ModelError(
         f"MODEL_PATH {str(model_path)!r} is neither an artifact folder with "
         f"{artifact.MANIFEST_NAME} nor a .keras file"
     )
 
 
-def _load_artifact(folder: Path, base_weights: str, backend: Backend) -> Classifier:
+def _engine_cache(cache_dir: Path | None, version: str, base: str) -> Path | None:
+    if cache_dir is None:
+        return None
+    base_key = base.removeprefix("sha256:")[:12]
+    return cache_dir / "openvino" / f"{version}-{base_key}.xml"
+
+
+def _load_artifact(
+    folder: Path, base_weights: str, backend: Backend, cache_dir: Path | None
+) -> Classifier:
     manifest = artifact.read_manifest(folder)
     identity = base_weights_identity(base_weights)
     if identity != manifest.base.weights:
@@ -143,7 +157,7 @@ def _load_artifact(folder: Path, base_weights: str, backend: Backend) -> Classif
     network = compose(base, head)
     return Classifier(
         network=network,
-        engine=make_engine(network, backend),
+        engine=make_engine(network, backend, _engine_cache(cache_dir, manifest.version, identity)),
         classes=tuple(manifest.classes),
         input_size=manifest.input_size,
         version=manifest.version,
@@ -151,7 +165,7 @@ def _load_artifact(folder: Path, base_weights: str, backend: Backend) -> Classif
     )
 
 
-def _load_keras_file(path: Path, backend: Backend) -> Classifier:
+def _load_keras_file(path: Path, backend: Backend, cache_dir: Path | None) -> Classifier:
     import keras
 
     try:
@@ -164,7 +178,7 @@ def _load_keras_file(path: Path, backend: Backend) -> Classifier:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return Classifier(
         network=network,
-        engine=make_engine(network, backend),
+        engine=make_engine(network, backend, _engine_cache(cache_dir, digest[:12], "keras")),
         classes=CLASSES,
         input_size=int(network.input_shape[1]),
         version=digest[:12],

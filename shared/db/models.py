@@ -114,6 +114,7 @@ class Item(Base):
         Index("ix_items_job_id_position", "job_id", "position"),
         # The claim query: queued items, fairest first (low positions of every job).
         Index("ix_items_status_position", "status", "position"),
+        Index("ix_items_sha256", "sha256"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -134,6 +135,8 @@ class Item(Base):
     inference_ms: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     batch_id: Mapped[str | None] = mapped_column(String(36))
+    # Set when identical bytes were already classified by the same model version.
+    reused_from: Mapped[str | None] = mapped_column(String(36))
 
     job: Mapped[Job] = relationship(back_populates="items")
 

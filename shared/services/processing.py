@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ class Claimed:
     job_id: str
     filename: str
     storage_key: str | None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ItemResult:
     confidence: float | None
     scores: dict[str, float] | None
     error: str | None
+    reused_from: str | None = None
 
 
 def claim_items(session: Session, job_id: str, limit: int, model_version: str) -> list[Claimed]:
@@ -56,7 +58,9 @@ def claim_items(session: Session, job_id: str, limit: int, model_version: str) -
             update(Item)
             .where(Item.id.in_(ids), Item.status == ItemStatus.QUEUED)
             .values(status=ItemStatus.RUNNING, started_at=now, attempts=Item.attempts + 1)
-            .returning(Item.id, Item.job_id, Item.filename, Item.storage_key, Item.position)
+            .returning(
+                Item.id, Item.job_id, Item.filename, Item.storage_key, Item.position, Item.sha256
+            )
         ).all()
     )
     claimed.sort(key=lambda row: (row.job_id != job_id, row.position))
@@ -69,7 +73,49 @@ def claim_items(session: Session, job_id: str, limit: int, model_version: str) -
         job.status, job.started_at, job.model_version = JobStatus.RUNNING, now, model_version
         if "job.started" in (job.webhook_events or []):
             record_event(session, job, "job.started")
-    return [Claimed(row.id, row.job_id, row.filename, row.storage_key) for row in claimed]
+    return [
+        Claimed(row.id, row.job_id, row.filename, row.storage_key, row.sha256) for row in claimed
+    ]
+
+
+def reuse_known_results(
+    session: Session, claimed: list[Claimed], model_version: str, *, worker: str
+) -> tuple[list[Claimed], list[Claimed]]:
+    """Settle items whose bytes this model version already classified; (reused, still to run)."""
+    hashes = {c.sha256 for c in claimed if c.sha256}
+    if not hashes:
+        return [], claimed
+    known: dict[str, Any] = {}
+    rows = session.execute(
+        select(Item.sha256, Item.id, Item.label, Item.confidence, Item.scores)
+        .join(Job, Job.id == Item.job_id)
+        .where(
+            Item.sha256.in_(hashes),
+            Item.status == ItemStatus.SUCCEEDED,
+            Item.reused_from.is_(None),
+            Job.model_version == model_version,
+        )
+    )
+    for row in rows:
+        known.setdefault(row.sha256, row)
+    reused = [c for c in claimed if (c.sha256 or "") in known]
+    if reused:
+        results = []
+        for item in reused:
+            match = known[item.sha256 or ""]
+            results.append(
+                ItemResult(
+                    item.id,
+                    item.job_id,
+                    match.label,
+                    match.confidence,
+                    match.scores,
+                    None,
+                    reused_from=match.id,
+                )
+            )
+        record_results(session, results, worker=worker, inference_ms=0.0, batch=False)
+    return reused, [c for c in claimed if (c.sha256 or "") not in known]
 
 
 def _queued_ids(session: Session, limit: int, *criteria: object) -> list[str]:
@@ -90,6 +136,7 @@ def record_results(
     worker: str,
     inference_ms: float,
     progress_interval_seconds: float = 10.0,
+    batch: bool = True,
 ) -> None:
     """Write a batch's results (only over items still running) and settle their jobs."""
     if not results:
@@ -105,6 +152,7 @@ def record_results(
             confidence=bindparam("new_confidence"),
             scores=bindparam("new_scores"),
             error=bindparam("new_error"),
+            reused_from=bindparam("new_reused_from"),
             finished_at=now,
             inference_ms=inference_ms,
         ),
@@ -116,19 +164,21 @@ def record_results(
                 "new_confidence": r.confidence,
                 "new_scores": r.scores,
                 "new_error": r.error,
+                "new_reused_from": r.reused_from,
             }
             for r in results
         ],
     )
-    session.add(
-        Batch(
-            worker=worker,
-            size=sum(r.error is None for r in results),
-            jobs=len({r.job_id for r in results}),
-            inference_ms=inference_ms,
-            created_at=now,
+    if batch:
+        session.add(
+            Batch(
+                worker=worker,
+                size=sum(r.error is None for r in results),
+                jobs=len({r.job_id for r in results}),
+                inference_ms=inference_ms,
+                created_at=now,
+            )
         )
-    )
     for job_id in sorted({r.job_id for r in results}):  # one lock order: no deadlocks
         job = refresh_job(session, job_id)
         if job is not None:

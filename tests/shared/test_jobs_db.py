@@ -24,6 +24,7 @@ from shared.services.processing import (
     claim_items,
     record_results,
     requeue_stale,
+    reuse_known_results,
 )
 from shared.settings import get_settings
 
@@ -204,3 +205,26 @@ def test_webhook_events_are_written_with_the_state_they_announce(database: str) 
         assert final["data"]["summary"] == {"sea": 2}
         assert all(e.id.startswith("msg_") and e.status == "pending" for e in events)
     assert _job_row(quiet).status == JobStatus.SUCCEEDED  # claimed alongside, finished too
+
+
+def test_identical_bytes_reuse_the_stored_result_of_the_same_model_version(database: str) -> None:
+    first = _job(1)
+    with session_scope() as session:
+        claimed = claim_items(session, first, 1, "v1")
+    with session_scope() as session:
+        record_results(session, _results(claimed, label="glacier"), worker="w", inference_ms=1)
+
+    again, other_model = _job(2), _job(1)  # every staged item has sha256 "000…"
+    with session_scope() as session:
+        claimed = claim_items(session, again, 2, "v1")
+        reused, to_run = reuse_known_results(session, claimed, "v1", worker="w")
+    assert (len(reused), to_run) == (2, [])
+    job = _job_row(again)
+    assert (job.status, job.succeeded) == (JobStatus.SUCCEEDED, 2)
+    with session_scope(write=False) as session:
+        items = session.scalars(select(Item).where(Item.job_id == again)).all()
+        assert {(i.label, i.reused_from is not None) for i in items} == {("glacier", True)}
+    with session_scope() as session:  # another model version must run the model again
+        claimed = claim_items(session, other_model, 1, "v2")
+        reused, to_run = reuse_known_results(session, claimed, "v2", worker="w")
+    assert (reused, len(to_run)) == ([], 1)

@@ -15,6 +15,7 @@ from shared.classifier.model import Classifier, load_classifier
 from shared.classifier.preprocessing import preprocess
 from shared.classifier.training import TrainConfig, TrainResult, train
 from shared.errors import ModelError
+from shared.settings import DEFAULT_MODEL_PATH
 from tests.conftest import sample_dataset
 
 pytestmark = pytest.mark.model
@@ -135,3 +136,28 @@ def test_a_missing_model_or_weights_file_is_a_clear_error(
         load_classifier(tmp_path, "none")
     with pytest.raises(ModelError, match="does not exist"):
         load_classifier(trained.output_dir, str(tmp_path / "missing.h5"))
+
+
+def test_openvino_form_is_cached_by_model_version(
+    trained: TrainResult, batch: np.ndarray, base_weights: str, tmp_path: Path
+) -> None:
+    first = load_classifier(trained.output_dir, base_weights, "openvino", cache_dir=tmp_path)
+    cached = list((tmp_path / "openvino").glob("*.xml"))
+    assert [p.name.split("-")[0] for p in cached] == [trained.manifest.version]
+    assert cached[0].with_suffix(".bin").is_file()
+    second = load_classifier(trained.output_dir, base_weights, "openvino", cache_dir=tmp_path)
+    np.testing.assert_array_equal(first.predict(batch), second.predict(batch))
+
+
+def test_shipped_model_backends_agree_on_real_images(train_dir: Path, base_weights: str) -> None:
+    images = [
+        image
+        for index, image in enumerate(list_labelled_images(train_dir))
+        if index % 729 == 0  # twelve images spread over the six classes
+    ]
+    arrays = np.stack([preprocess(i.path.read_bytes(), i.name, 299, 10**8) for i in images])
+    openvino = load_classifier(DEFAULT_MODEL_PATH, base_weights, "openvino").predict(arrays)
+    tensorflow = load_classifier(DEFAULT_MODEL_PATH, base_weights, "tensorflow").predict(arrays)
+    assert len(images) == 12
+    assert (openvino.argmax(axis=1) == tensorflow.argmax(axis=1)).all()
+    assert np.abs(openvino - tensorflow).max() < 1e-3

@@ -172,10 +172,9 @@ def test_the_old_demo_call_still_works(
     assert "x.jpg" in broken.json()["error"]["message"]
 
 
-def test_concurrent_single_image_jobs_share_batches(
-    service: Service, holdout_images: list[LabelledImage]
-) -> None:
-    images = [i.path.read_bytes() for i in holdout_images] * 2
+def test_concurrent_single_image_jobs_share_batches(service: Service, train_dir: Path) -> None:
+    # Images no other test sends: known bytes would reuse stored results, not batch.
+    images = [i.path.read_bytes() for i in list_labelled_images(train_dir)[-24:]]
 
     def submit(data: bytes) -> str:
         response = httpx.post(f"{service.url}/jobs", files={"file": ("one.jpg", data)}, timeout=60)
@@ -202,9 +201,10 @@ def test_concurrent_single_image_jobs_share_batches(
 
 
 def test_cancel_stops_a_running_job_and_keeps_its_results(
-    service: Service, holdout_images: list[LabelledImage]
+    service: Service, train_dir: Path
 ) -> None:
-    entries = {f"{n}-{i.path.name}": i.path.read_bytes() for n in range(4) for i in holdout_images}
+    fresh = list_labelled_images(train_dir)[-72:-24]  # not sent by any other test
+    entries = {i.name: i.path.read_bytes() for i in fresh}
     with service.client() as client:
         job_id = client.post("/jobs", files={"file": ("many.zip", zip_bytes(entries))}).json()["id"]
         wait_for(
@@ -225,3 +225,18 @@ def test_cancel_stops_a_running_job_and_keeps_its_results(
     assert final["status"] == job["status"] == "cancelled"
     assert job["skipped"] > 0
     assert job["succeeded"] + job["failed"] + job["skipped"] == job["total"] == 48
+
+
+def test_identical_images_reuse_stored_results(service: Service, train_dir: Path) -> None:
+    images = list_labelled_images(train_dir)[-75:-72]  # not sent by any other test
+    with service.client() as client:
+        ids = []
+        for name in ("first.zip", "again.zip"):
+            entries = {f"{name}-{i.path.name}": i.path.read_bytes() for i in images}
+            job_id = client.post("/jobs", files={"file": (name, zip_bytes(entries))}).json()["id"]
+            assert service.wait_job(job_id)["status"] == "succeeded"
+            ids.append(job_id)
+        first, again = (client.get(f"/jobs/{i}/results").json()["items"] for i in ids)
+    assert [item["reused"] for item in first] == [False] * 3
+    assert [item["reused"] for item in again] == [True] * 3
+    assert [i["scores"] for i in again] == [i["scores"] for i in first]
