@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         default="auto",
         description="Engine that runs the network; `auto` picks OpenVINO when it is installed.",
     )
+    inference_precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto",
+        description="auto: the INT8 model when `quantize` made one that kept accuracy",
+    )
     inference_batch_size: int = Field(default=16, ge=1, le=256)
     max_image_pixels: int = Field(
         default=40_000_000,
@@ -77,6 +81,12 @@ class Settings(BaseSettings):
         description="Where base-network features computed for training are cached.",
     )
     decode_workers: int = Field(default=2, ge=1, le=64)
+    worker_nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="Lower a worker's CPU priority so a colocated API stays responsive",
+    )
 
     @property
     def resolved_database_url(self) -> str:

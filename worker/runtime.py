@@ -37,6 +37,7 @@ def load() -> Runtime:
             settings.base_weights,
             settings.inference_backend,
             cache_dir=settings.cache_dir,
+            precision=settings.inference_precision,
         )
         _runtime = Runtime(
             settings=settings,

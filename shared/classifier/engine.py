@@ -28,11 +28,17 @@ def resolve_backend(backend: Backend) -> Literal["openvino", "tensorflow"]:
     return "openvino" if importlib.util.find_spec("openvino") is not None else "tensorflow"
 
 
-def make_engine(model: Any, backend: Backend = "auto", cache_file: Path | None = None) -> Engine:
+def make_engine(
+    model: Any,
+    backend: Backend = "auto",
+    cache_file: Path | None = None,
+    int8_file: Path | None = None,
+) -> Engine:
     """Compile `model` (a Keras model taking NHWC float32) into a batch -> output function.
 
     With `cache_file` (an .xml path keyed by the model's version), OpenVINO's
-    converted form is saved once and read back on later starts.
+    converted form is saved once and read back on later starts. With `int8_file`,
+    OpenVINO runs that quantized form of the same model instead.
     """
     import tensorflow as tf
 
@@ -47,7 +53,10 @@ def make_engine(model: Any, backend: Backend = "auto", cache_file: Path | None =
     import openvino as ov
 
     core = ov.Core()
-    if cache_file is not None and cache_file.is_file():
+    if int8_file is not None:
+        log.info("running the INT8 model %s", int8_file.name)
+        converted = core.read_model(int8_file)
+    elif cache_file is not None and cache_file.is_file():
         converted = core.read_model(cache_file)
     else:
         converted = ov.convert_model(graph.get_concrete_function())
@@ -63,6 +72,10 @@ def make_engine(model: Any, backend: Backend = "auto", cache_file: Path | None =
         return np.array(next(iter(result.values())))
 
     return run
+
+
+def save_openvino(ov: Any, converted: Any, cache_file: Path) -> None:
+    _save_converted(ov, converted, cache_file)
 
 
 def _save_converted(ov: Any, converted: Any, cache_file: Path) -> None:

@@ -7,21 +7,23 @@ module stays cheap for processes that never run the model.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from shared.classifier import artifact
-from shared.classifier.engine import Backend, Engine, make_engine
+from shared.classifier.engine import Backend, Engine, make_engine, resolve_backend
 from shared.classifier.labels import CLASSES
 from shared.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+Precision = Literal["auto", "fp32", "int8"]
 FEATURE_DIM = 2048  # channels of Xception's last block, the head's input
 
 
@@ -116,14 +118,20 @@ class Classifier:
 
 
 def load_classifier(
-    model_path: Path, base_weights: str, backend: Backend = "auto", cache_dir: Path | None = None
+    model_path: Path,
+    base_weights: str,
+    backend: Backend = "auto",
+    cache_dir: Path | None = None,
+    precision: Precision = "fp32",
 ) -> Classifier:
     """Load an artifact folder (composing base + head) or a complete `.keras` file.
 
-    With `cache_dir`, the OpenVINO form of the model is cached there by model version.
+    With `cache_dir`, the OpenVINO form of the model is cached there by model
+    version, and `precision` "int8" or "auto" runs its quantized form when
+    `intel-classifier quantize` made one that kept accuracy ("int8" insists).
     """
     if artifact.is_artifact(model_path):
-        return _load_artifact(model_path, base_weights, backend, cache_dir)
+        return _load_artifact(model_path, base_weights, backend, cache_dir, precision)
     if model_path.is_file() and model_path.suffix == ".keras":
         return _load_keras_file(model_path, backend, cache_dir)
     raise ModelError(
@@ -132,15 +140,43 @@ def load_classifier(
     )
 
 
-def _engine_cache(cache_dir: Path | None, version: str, base: str) -> Path | None:
+def engine_cache(cache_dir: Path | None, version: str, base: str) -> Path | None:
     if cache_dir is None:
         return None
     base_key = base.removeprefix("sha256:")[:12]
     return cache_dir / "openvino" / f"{version}-{base_key}.xml"
 
 
+def int8_paths(fp32_file: Path) -> tuple[Path, Path]:
+    """The quantized model and its accuracy report, beside the fp32 form."""
+    stem = fp32_file.with_name(f"{fp32_file.stem}-int8")
+    return stem.with_suffix(".xml"), stem.with_suffix(".json")
+
+
+def _int8_file(fp32_file: Path | None, precision: Precision) -> Path | None:
+    """ "auto": the INT8 form if its report accepted it; "int8": the INT8 form regardless."""
+    if precision == "fp32":
+        return None
+    if fp32_file is not None:
+        model_file, report_file = int8_paths(fp32_file)
+        if model_file.is_file() and precision == "int8":
+            return model_file
+        if (
+            model_file.is_file()
+            and report_file.is_file()
+            and json.loads(report_file.read_text()).get("accepted")
+        ):
+            return model_file
+    if precision == "int8":
+        raise ModelError(
+            "INFERENCE_PRECISION=int8 but no INT8 model is cached for this model version: "
+            "run `intel-classifier quantize DATA_DIR` first"
+        )
+    return None
+
+
 def _load_artifact(
-    folder: Path, base_weights: str, backend: Backend, cache_dir: Path | None
+    folder: Path, base_weights: str, backend: Backend, cache_dir: Path | None, precision: Precision
 ) -> Classifier:
     manifest = artifact.read_manifest(folder)
     identity = base_weights_identity(base_weights)
@@ -151,13 +187,19 @@ def _load_artifact(
             identity,
             manifest.base.weights,
         )
+    fp32_file = engine_cache(cache_dir, manifest.version, identity)
     base = build_base(base_weights, manifest.input_size)
     head = build_head(manifest.dense_units, manifest.dropout, len(manifest.classes))
     head.load_weights(folder / manifest.head_weights)
     network = compose(base, head)
     return Classifier(
         network=network,
-        engine=make_engine(network, backend, _engine_cache(cache_dir, manifest.version, identity)),
+        engine=make_engine(
+            network,
+            backend,
+            fp32_file,
+            _int8_file(fp32_file, precision) if resolve_backend(backend) == "openvino" else None,
+        ),
         classes=tuple(manifest.classes),
         input_size=manifest.input_size,
         version=manifest.version,
@@ -178,7 +220,7 @@ def _load_keras_file(path: Path, backend: Backend, cache_dir: Path | None) -> Cl
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return Classifier(
         network=network,
-        engine=make_engine(network, backend, _engine_cache(cache_dir, digest[:12], "keras")),
+        engine=make_engine(network, backend, engine_cache(cache_dir, digest[:12], "keras")),
         classes=CLASSES,
         input_size=int(network.input_shape[1]),
         version=digest[:12],

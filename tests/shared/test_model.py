@@ -13,6 +13,7 @@ from shared.classifier import artifact
 from shared.classifier.dataset import list_labelled_images
 from shared.classifier.model import Classifier, load_classifier
 from shared.classifier.preprocessing import preprocess
+from shared.classifier.quantization import quantize_model
 from shared.classifier.training import TrainConfig, TrainResult, train
 from shared.errors import ModelError
 from shared.settings import DEFAULT_MODEL_PATH
@@ -161,3 +162,29 @@ def test_shipped_model_backends_agree_on_real_images(train_dir: Path, base_weigh
     assert len(images) == 12
     assert (openvino.argmax(axis=1) == tensorflow.argmax(axis=1)).all()
     assert np.abs(openvino - tensorflow).max() < 1e-3
+
+
+def test_int8_quantization_reports_both_accuracies_and_auto_follows_it(
+    trained: TrainResult, tiny_dataset: Path, batch: np.ndarray, base_weights: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelError, match="run `intel-classifier quantize"):
+        load_classifier(trained.output_dir, base_weights, "openvino", tmp_path, precision="int8")
+    report = quantize_model(
+        list_labelled_images(tiny_dataset),
+        trained.output_dir,
+        base_weights,
+        tmp_path,
+        calibration_size=12,
+    )
+    assert report["calibration_images"] == 12
+    assert report["holdout_images"] == 6
+    assert report["accepted"] == (report["accuracy_drop"] <= 0.005)
+    assert 0.0 <= report["int8"]["accuracy"] <= 1.0
+    assert 0.0 <= report["fp32"]["accuracy"] <= 1.0
+
+    fp32 = load_classifier(trained.output_dir, base_weights, "openvino", tmp_path, precision="fp32")
+    int8 = load_classifier(trained.output_dir, base_weights, "openvino", tmp_path, precision="int8")
+    auto = load_classifier(trained.output_dir, base_weights, "openvino", tmp_path, precision="auto")
+    assert np.abs(int8.predict(batch) - fp32.predict(batch)).max() < 0.25  # quantized, not broken
+    chosen = int8 if report["accepted"] else fp32
+    np.testing.assert_array_equal(auto.predict(batch), chosen.predict(batch))
