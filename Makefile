@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export BASE_WEIGHTS ?= $(if $(wildcard $(SHARED)/models/xception_imagenet_notop.weights.h5),$(SHARED)/models/xception_imagenet_notop.weights.h5,imagenet)
 
-.PHONY: setup run test lint typecheck pytest clean
+.PHONY: setup run test bench lint typecheck pytest clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/intel-classifier serve $(ARGS)
+
+bench: setup
+	$(BIN)/python -m bench $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

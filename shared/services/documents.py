@@ -33,7 +33,8 @@ def job_document(session: Session, job: Job) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
-        "summary": class_summary(session, job.id),
+        # Nothing is classified before the first success: spare the query (job creation).
+        "summary": class_summary(session, job.id) if job.succeeded else {},
         "model_version": job.model_version,
         "webhook_url": job.webhook_url,
         "webhook_events": list(job.webhook_events or []),

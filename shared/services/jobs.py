@@ -37,6 +37,7 @@ def create_job(
         status=JobStatus.QUEUED,
         created_at=now,
         total=len(staged),
+        failed=sum(item.error is not None for item in staged),
         webhook_url=webhook_url,
         webhook_events=webhook_events or [],
         client_metadata=metadata or {},
@@ -63,7 +64,6 @@ def create_job(
             for item in staged
         ],
     )
-    job.failed = sum(item.error is not None for item in staged)
     return job
 
 
