@@ -61,7 +61,7 @@ def make_engine(
     else:
         converted = ov.convert_model(graph.get_concrete_function())
         if cache_file is not None:
-            _save_converted(ov, converted, cache_file)
+            save_openvino(ov, converted, cache_file)
     # LATENCY spends every core on one request: fastest here for batches the
     # workers form, and measured faster than THROUGHPUT at any batch size.
     compiled = core.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
@@ -75,10 +75,6 @@ def make_engine(
 
 
 def save_openvino(ov: Any, converted: Any, cache_file: Path) -> None:
-    _save_converted(ov, converted, cache_file)
-
-
-def _save_converted(ov: Any, converted: Any, cache_file: Path) -> None:
     """Write .bin then .xml under temporary names and rename: the .xml marks a complete copy."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     temporary = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.xml")

@@ -14,7 +14,7 @@ import numpy as np
 
 from shared.classifier import artifact
 from shared.classifier.augment import Augmentation
-from shared.classifier.dataset import LabelledImage, list_labelled_images, stratified_split
+from shared.classifier.dataset import list_labelled_images, stratified_split
 from shared.classifier.engine import Backend, Engine, make_engine
 from shared.classifier.features import FeatureSpec, compute_features, content_hashes
 from shared.classifier.labels import CLASSES
@@ -208,8 +208,3 @@ def _write_reports(
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(report, output_dir / "confusion_matrix.png", "Validation")
     plot_training_curves(history, best_epoch, output_dir / "training_curves.png")
-
-
-def describe(images: list[LabelledImage]) -> str:
-    counts = np.bincount([image.label for image in images], minlength=len(CLASSES))
-    return ", ".join(f"{label} {count}" for label, count in zip(CLASSES, counts, strict=True))

@@ -13,7 +13,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, utcnow
+from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
 from shared.services.progress import refresh_job
 from shared.webhooks.events import record_event, record_progress_event
 
@@ -142,6 +142,7 @@ def record_results(
     if not results:
         return
     now = utcnow()
+    batch_id = new_id() if batch else None
     table = cast(Table, Item.__table__)
     session.connection().execute(
         table.update()
@@ -153,6 +154,7 @@ def record_results(
             scores=bindparam("new_scores"),
             error=bindparam("new_error"),
             reused_from=bindparam("new_reused_from"),
+            batch_id=batch_id,
             finished_at=now,
             inference_ms=inference_ms,
         ),
@@ -169,9 +171,10 @@ def record_results(
             for r in results
         ],
     )
-    if batch:
+    if batch_id is not None:
         session.add(
             Batch(
+                id=batch_id,
                 worker=worker,
                 size=sum(r.error is None for r in results),
                 jobs=len({r.job_id for r in results}),
@@ -216,8 +219,11 @@ def requeue_stale(session: Session, older_than_seconds: float) -> list[str]:
             .distinct()
         )
     )
+    unfinished = select(Item.job_id).where(Item.status.in_([ItemStatus.QUEUED, ItemStatus.RUNNING]))
     unsettled = session.scalars(
-        select(Job.id).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        select(Job.id).where(
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), Job.id.not_in(unfinished)
+        )
     ).all()
     for job_id in sorted(set(unsettled) - jobs):
         refresh_job(session, job_id)
