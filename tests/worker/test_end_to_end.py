@@ -216,10 +216,13 @@ def test_cancel_stops_a_running_job_and_keeps_its_results(
         final = service.wait_job(job_id)
 
         def settled() -> dict[str, Any] | None:
-            job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+            # Items first: the job read after them is at least as new (one transaction
+            # writes a batch's items and the job's counts).
             items = client.get(f"/jobs/{job_id}/results", params={"limit": 1000}).json()["items"]
-            running = [i for i in items if i["status"] in {"queued", "running"}]
-            return None if running else job
+            if any(i["status"] in {"queued", "running"} for i in items):
+                return None
+            job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+            return job
 
         job = wait_for(settled, 60, "the batch in flight to land")
     assert final["status"] == job["status"] == "cancelled"
