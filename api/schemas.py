@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.db.models import Item, WebhookAttempt, WebhookEvent
+from shared.db.models import Item, WebhookEvent
 
 
 class ErrorBody(BaseModel):
@@ -106,6 +106,8 @@ class Health(BaseModel):
 
 
 class WebhookAttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     attempted_at: datetime
     status_code: int | None
     error: str | None
@@ -113,16 +115,6 @@ class WebhookAttemptOut(BaseModel):
     retry_in_seconds: float | None = Field(
         description="Delay before the next attempt; null if none"
     )
-
-    @classmethod
-    def of(cls, attempt: WebhookAttempt) -> WebhookAttemptOut:
-        return cls(
-            attempted_at=attempt.attempted_at,
-            status_code=attempt.status_code,
-            error=attempt.error,
-            duration_ms=attempt.duration_ms,
-            retry_in_seconds=attempt.retry_in_seconds,
-        )
 
 
 class WebhookEventOut(BaseModel):
@@ -143,7 +135,7 @@ class WebhookEventOut(BaseModel):
             url=event.url,
             created_at=event.created_at,
             next_attempt_at=event.next_attempt_at,
-            attempts=[WebhookAttemptOut.of(a) for a in event.attempt_log],
+            attempts=[WebhookAttemptOut.model_validate(a) for a in event.attempt_log],
         )
 
 

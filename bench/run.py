@@ -99,7 +99,7 @@ def bench_engines(paths: list[Path], weights: str) -> list[dict[str, Any]]:
         ("tensorflow", "tensorflow", "fp32"),
         ("openvino", "openvino", "fp32"),
     ]
-    if int8_available(weights):
+    if int8_state(weights)[0]:
         configs.append(("openvino-int8", "openvino", "int8"))
     for backend, engine, precision in configs:
         classifier = load_classifier(
@@ -123,25 +123,16 @@ def bench_engines(paths: list[Path], weights: str) -> list[dict[str, Any]]:
     return rows
 
 
-def int8_available(weights: str) -> bool:
+def int8_state(weights: str) -> tuple[bool, bool]:
+    """(an INT8 form is cached, INFERENCE_PRECISION=auto would use it) for the shipped model."""
     from shared.classifier.artifact import read_manifest
-    from shared.classifier.model import base_weights_identity, engine_cache, int8_paths
+    from shared.classifier.model import base_weights_identity, engine_cache, int8_verdict
 
     version = read_manifest(DEFAULT_MODEL_PATH).version
-    fp32 = engine_cache(CACHE_DIR, version, base_weights_identity(weights))
-    return fp32 is not None and int8_paths(fp32)[0].is_file()
-
-
-def int8_accepted(weights: str) -> bool:
-    """What the service's INFERENCE_PRECISION=auto picks: INT8 only if its report accepted it."""
-    from shared.classifier.artifact import read_manifest
-    from shared.classifier.model import base_weights_identity, engine_cache, int8_paths
-
-    version = read_manifest(DEFAULT_MODEL_PATH).version
-    fp32 = engine_cache(CACHE_DIR, version, base_weights_identity(weights))
-    if fp32 is None or not int8_paths(fp32)[1].is_file():
-        return False
-    return bool(json.loads(int8_paths(fp32)[1].read_text()).get("accepted"))
+    model_file, accepted = int8_verdict(
+        engine_cache(CACHE_DIR, version, base_weights_identity(weights))
+    )
+    return model_file is not None, accepted
 
 
 def _zip(paths: list[Path]) -> bytes:
@@ -323,7 +314,7 @@ def main() -> None:
     e2e_paths = paths[95 : 95 + args.images]
     busy_paths = paths[95 + args.images : 95 + args.images + 400]
 
-    if not int8_available(weights):
+    if not int8_state(weights)[0]:
         # Same as `intel-classifier quantize`: the service's default (auto) uses INT8
         # only if this step finds it keeps accuracy, so measure what users would run.
         log("no INT8 model cached for this model version: quantizing (about 8 minutes)")
@@ -340,7 +331,7 @@ def main() -> None:
     work = Path(os.environ.get("BENCH_WORKDIR", "/tmp")) / f"intel-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     results["service"] = bench_service(latency_paths, e2e_paths, busy_paths, work)
-    results["service"]["precision"] = "int8" if int8_accepted(weights) else "fp32"
+    results["service"]["precision"] = "int8" if int8_state(weights)[1] else "fp32"
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -153,20 +153,24 @@ def int8_paths(fp32_file: Path) -> tuple[Path, Path]:
     return stem.with_suffix(".xml"), stem.with_suffix(".json")
 
 
+def int8_verdict(fp32_file: Path | None) -> tuple[Path | None, bool]:
+    """The cached INT8 form beside `fp32_file` (or None), and whether `quantize` accepted it."""
+    if fp32_file is None:
+        return None, False
+    model_file, report_file = int8_paths(fp32_file)
+    if not model_file.is_file():
+        return None, False
+    accepted = report_file.is_file() and bool(json.loads(report_file.read_text()).get("accepted"))
+    return model_file, accepted
+
+
 def _int8_file(fp32_file: Path | None, precision: Precision) -> Path | None:
     """ "auto": the INT8 form if its report accepted it; "int8": the INT8 form regardless."""
     if precision == "fp32":
         return None
-    if fp32_file is not None:
-        model_file, report_file = int8_paths(fp32_file)
-        if model_file.is_file() and precision == "int8":
-            return model_file
-        if (
-            model_file.is_file()
-            and report_file.is_file()
-            and json.loads(report_file.read_text()).get("accepted")
-        ):
-            return model_file
+    model_file, accepted = int8_verdict(fp32_file)
+    if model_file is not None and (accepted or precision == "int8"):
+        return model_file
     if precision == "int8":
         raise ModelError(
             "INFERENCE_PRECISION=int8 but no INT8 model is cached for this model version: "
