@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from api.auth import Authentication
 from api.errors import install_error_handlers
 from api.limits import UploadLimit
 from api.routes import health, jobs, predict, webhooks
@@ -26,4 +27,6 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    # Added last, so it runs first: a stranger's upload is refused before it streams in.
+    app.add_middleware(Authentication, settings=settings)
     return app

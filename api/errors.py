@@ -22,12 +22,15 @@ HTTP_CODES = {
     405: "method_not_allowed",
     413: "limit_exceeded",
     415: "unsupported_media_type",
+    429: "rate_limited",
 }
 
 # Declared on every route so the OpenAPI schema documents the one error shape.
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
+        400: "Malformed request (for example a broken multipart body)",
+        401: "Missing, unknown or revoked API key (when AUTH_ENABLED)",
         404: "No such job",
         413: "Over a configured limit (the message names it)",
         415: "Neither an image nor a zip",

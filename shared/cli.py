@@ -26,6 +26,15 @@ app = typer.Typer(
 )
 
 
+def _register_groups() -> None:
+    from shared.commands_keys import keys_app
+
+    app.add_typer(keys_app, name="keys")
+
+
+_register_groups()
+
+
 def main() -> None:
     # TensorFlow's C++ start-up chatter is not for users; errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -258,6 +267,18 @@ def migrate() -> None:
 
 
 @app.command()
+def sweep() -> None:
+    """Delete jobs past RETENTION_SECONDS and stored files with no job (workers do this too)."""
+    from worker.tasks import sweep_once
+
+    report = sweep_once()
+    typer.echo(
+        f"deleted {report.jobs} expired job(s), {report.orphans} orphaned upload folder(s), "
+        f"{report.idempotency_keys} idempotency key(s), {report.batches} batch record(s)"
+    )
+
+
+@app.command()
 def api(
     host: Annotated[str | None, typer.Option(help="Interface [env HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [env PORT, default 9696].")] = None,
@@ -329,6 +350,14 @@ def serve(
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
+    if not settings.auth_enabled:
+        typer.secho(
+            "API keys are off (AUTH_ENABLED=false): anyone who reaches this port can use the "
+            "service. Set AUTH_ENABLED=true and make keys with `intel-classifier keys create` "
+            "for anything but your own machine.",
+            err=True,
+            fg="yellow",
+        )
     typer.echo(
         f"database {_redacted(settings.resolved_database_url)}; broker "
         f"{'redis' if settings.redis_url else 'embedded (' + str(settings.broker_folder) + ')'}; "

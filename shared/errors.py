@@ -53,6 +53,22 @@ class ModelError(AppError):
     code = "model_error"
 
 
+class Unauthorized(AppError):
+    """No API key, or one the server does not know or has revoked."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class RateLimited(AppError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class NotFound(AppError):
     code = "not_found"
     http_status = 404

@@ -41,6 +41,34 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(default=300.0, gt=0)
     batch_wait_ms: int = Field(default=20, ge=0, le=5000)
 
+    auth_enabled: bool = Field(
+        default=False,
+        description="Require `Authorization: Bearer <key>`; off only in the embedded default",
+    )
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Jobs each API key may create per minute; 0: no limit"
+    )
+    rate_limit_burst: int = Field(
+        default=60, ge=1, description="Jobs a key may create at once before the rate applies"
+    )
+    idempotency_ttl_seconds: float = Field(
+        default=86_400, ge=86_400, description="How long an Idempotency-Key is remembered"
+    )
+    retention_seconds: float = Field(
+        default=7 * 86_400,
+        gt=0,
+        description="Finished jobs, their items and files are deleted this long after they end",
+    )
+    orphan_grace_seconds: float = Field(
+        default=3_600,
+        gt=0,
+        description="Stored files with no job are swept once they are this old",
+    )
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    max_form_field_bytes: int = Field(default=64 * 1024, ge=1)
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
     webhook_secrets: str = Field(
         default="", description="Comma-separated whsec_ secrets; every one signs each event"
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlparse
@@ -25,6 +27,9 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def prefixes(self) -> Iterator[tuple[str, datetime]]:
+        """Each top-level prefix (a job id) and when anything under it last changed."""
+        ...
 
 
 class LocalStorage:
@@ -63,6 +68,15 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def prefixes(self) -> Iterator[tuple[str, datetime]]:
+        if not self.root.is_dir():
+            return
+        for entry in os.scandir(self.root):
+            # Adding or renaming a file updates its folder's mtime, so the folder's is the newest.
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                modified = entry.stat(follow_symlinks=False).st_mtime
+                yield entry.name, datetime.fromtimestamp(modified, UTC)
 
 
 class S3Storage:
@@ -109,6 +123,19 @@ class S3Storage:
         except self.client.exceptions.ClientError:
             return False
         return True
+
+    def prefixes(self) -> Iterator[tuple[str, datetime]]:
+        newest: dict[str, datetime] = {}
+        root = f"{self.prefix}/" if self.prefix else ""
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root
+        ):
+            for obj in page.get("Contents", []):
+                top = obj["Key"][len(root) :].split("/", 1)[0]
+                modified: datetime = obj["LastModified"]
+                if top not in newest or modified > newest[top]:
+                    newest[top] = modified
+        yield from newest.items()
 
 
 def open_storage(url: str) -> Storage:

@@ -11,9 +11,11 @@ from typing import Any
 import httpx
 from celery.signals import worker_init, worker_ready
 
-from shared.db.session import session_scope
+from shared.db.session import session_factory, session_scope
 from shared.services.processing import requeue_stale
+from shared.services.retention import SweepReport, sweep
 from shared.settings import get_settings
+from shared.storage import open_storage
 from shared.webhooks.delivery import deliver, due_events
 from worker import runtime
 from worker.batching import process_job
@@ -47,11 +49,27 @@ def reconcile_once() -> list[str]:
     return jobs
 
 
+def sweep_once() -> SweepReport:
+    """Delete what retention says is over, and stored files that lost their job."""
+    settings = get_settings()
+    session = session_factory(settings.resolved_database_url)()
+    try:
+        return sweep(session, open_storage(settings.resolved_storage_url), settings)
+    finally:
+        session.close()
+
+
 def _reconcile_forever() -> None:
-    interval = min(max(get_settings().requeue_after_seconds / 4, 1.0), 60.0)
+    settings = get_settings()
+    interval = min(max(settings.requeue_after_seconds / 4, 1.0), 60.0)
+    interval = min(interval, settings.sweep_interval_seconds)
+    next_sweep = 0.0
     while True:
         try:
             reconcile_once()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + settings.sweep_interval_seconds
+                sweep_once()
         except Exception:  # a database or broker outage must not kill the loop
             log.exception("reconciler pass failed; retrying in %.0fs", interval)
         time.sleep(interval)

@@ -9,19 +9,23 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
+from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES
-from api.schemas import ItemOut, JobList, JobOut, ResultsPage
+from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared.classifier.labels import CLASSES
 from shared.db.models import Job, JobStatus
 from shared.db.session import session_scope
+from shared.errors import LimitExceeded
 from shared.services import jobs as job_service
 from shared.services.documents import job_document
+from shared.services.idempotency import idempotency_request
 from shared.services.intake import Upload
 from shared.services.submission import submit_job
+from shared.settings import Settings
 from worker.celery_app import enqueue_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -42,12 +46,21 @@ def uploads_of(file: UploadFile | None, files: list[UploadFile] | None) -> list[
     return [Upload(part.filename or "upload", part.file) for part in parts]
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={
+        409: {"model": ErrorResponse, "description": "Idempotency-Key reused for another request"},
+        429: {"model": ErrorResponse, "description": "Over the key's job rate; see Retry-After"},
+    },
+)
 def create(
     response: Response,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
+    caller: CallerDep,
     file: Annotated[UploadFile | None, File(description="One image or one .zip")] = None,
     files: Annotated[list[UploadFile] | None, File(description="More images or zips")] = None,
     webhook_url: Annotated[str | None, Form(description="Called when the job ends")] = None,
@@ -55,36 +68,62 @@ def create(
         str | None, Form(description="Also send: job.started, job.progress (comma-separated)")
     ] = None,
     metadata: Annotated[str | None, Form(description="A JSON object kept with the job")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Retry safely: the same key and request return the first job (24 h+)",
+        ),
+    ] = None,
 ) -> JobOut:
     """Upload one image, a zip of images, or several; classification happens in the background."""
-    job = submit_job(
+    uploads = uploads_of(file, files)
+    fields = {"webhook_url": webhook_url, "webhook_events": webhook_events, "metadata": metadata}
+    check_field_sizes(fields, settings)
+    submission = submit_job(
         session,
         storage,
         settings,
-        uploads_of(file, files),
+        uploads,
         enqueue=enqueue_job,
+        owner_id=caller.key_id,
+        idempotency=idempotency_request(idempotency_key, caller.key_id, uploads, fields),
         webhook_url=webhook_url,
         webhook_events=webhook_events,
         metadata=metadata,
     )
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return job_out(session, job)
+    response.headers["Location"] = f"/jobs/{submission.job.id}"
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_out(session, submission.job)
+
+
+def check_field_sizes(fields: dict[str, str | None], settings: Settings) -> None:
+    for name, value in fields.items():
+        if value is not None and len(value.encode()) > settings.max_form_field_bytes:
+            raise LimitExceeded(
+                f"form field {name!r} is {len(value.encode()):,} bytes, over the limit of "
+                f"{settings.max_form_field_bytes:,} (MAX_FORM_FIELD_BYTES)"
+            )
 
 
 @router.get("", response_model=JobList)
 def list_jobs(
     session: SessionDep,
+    caller: CallerDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobList:
-    page = job_service.list_jobs(session, status=status, limit=limit, cursor=cursor)
+    page = job_service.list_jobs(
+        session, owner=caller.owner, status=status, limit=limit, cursor=cursor
+    )
     return JobList(items=[job_out(session, job) for job in page.rows], next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get(job_id: str, session: SessionDep) -> JobOut:
-    return job_out(session, job_service.get_job(session, job_id))
+def get(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
+    return job_out(session, job_service.get_job(session, job_id, caller.owner))
 
 
 @router.get(
@@ -96,31 +135,34 @@ def get(job_id: str, session: SessionDep) -> JobOut:
 def results(
     job_id: str,
     session: SessionDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
     format: ResultFormat = ResultFormat.JSON,
 ) -> ResultsPage | StreamingResponse:
     """A page of items, or with `format=csv`/`jsonl` every item as one download."""
     if format is ResultFormat.JSON:
-        page = job_service.results_page(session, job_id, limit=limit, cursor=cursor)
+        page = job_service.results_page(
+            session, job_id, owner=caller.owner, limit=limit, cursor=cursor
+        )
         return ResultsPage(items=[ItemOut.of(i) for i in page.rows], next_cursor=page.next_cursor)
-    job_service.get_job(session, job_id)  # 404 before the download starts
+    job_service.get_job(session, job_id, caller.owner)  # 404 before the download starts
     if format is ResultFormat.CSV:
         return StreamingResponse(
-            _csv_rows(job_id),
+            _csv_rows(job_id, caller.owner),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
         )
-    return StreamingResponse(_jsonl_rows(job_id), media_type="application/x-ndjson")
+    return StreamingResponse(_jsonl_rows(job_id, caller.owner), media_type="application/x-ndjson")
 
 
-def _csv_rows(job_id: str) -> Iterator[str]:
+def _csv_rows(job_id: str, owner: str | None) -> Iterator[str]:
     columns = ["filename", "status", "class", "confidence", *CLASSES, "error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     with session_scope(write=False) as session:
-        for item in job_service.iter_results(session, job_id):
+        for item in job_service.iter_results(session, job_id, owner):
             scores = item.scores or {}
             writer.writerow(
                 [
@@ -139,22 +181,22 @@ def _csv_rows(job_id: str) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-def _jsonl_rows(job_id: str) -> Iterator[str]:
+def _jsonl_rows(job_id: str, owner: str | None) -> Iterator[str]:
     with session_scope(write=False) as session:
-        for item in job_service.iter_results(session, job_id):
+        for item in job_service.iter_results(session, job_id, owner):
             yield json.dumps(ItemOut.of(item).model_dump(mode="json", by_alias=True)) + "\n"
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel(job_id: str, session: SessionDep) -> JobOut:
+def cancel(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
     """Skip every item not yet classified; results made so far are kept."""
-    job = job_service.cancel_job(session, job_id)
+    job = job_service.cancel_job(session, job_id, caller.owner)
     session.commit()
     return job_out(session, job)
 
 
 @router.delete("/{job_id}", status_code=204)
-def remove(job_id: str, session: SessionDep, storage: StorageDep) -> Response:
+def remove(job_id: str, session: SessionDep, storage: StorageDep, caller: CallerDep) -> Response:
     """Delete the job, its items and its stored files."""
-    job_service.delete_job(session, storage, job_id)
+    job_service.delete_job(session, storage, job_id, caller.owner)
     return Response(status_code=204)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
+from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import PredictOut
@@ -31,11 +32,14 @@ def predict(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="One image")],
 ) -> PredictOut:
     """Classify one image and wait for the answer: `{"class": ..., "confidence": ...}`."""
     upload = Upload(file.filename or "upload", file.file)
-    job = submit_job(session, storage, settings, [upload], enqueue=enqueue_job)
+    job = submit_job(
+        session, storage, settings, [upload], enqueue=enqueue_job, owner_id=caller.key_id
+    ).job
     deadline = time.monotonic() + settings.predict_timeout_seconds
     while time.monotonic() < deadline:
         session.rollback()  # end the read transaction: a new one sees the worker's writes

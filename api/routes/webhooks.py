@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
+from api.auth import CallerDep
 from api.deps import SessionDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import WebhookEventList, WebhookEventOut
@@ -17,8 +18,8 @@ router = APIRouter(prefix="/jobs/{job_id}/webhooks", tags=["webhooks"], response
 
 
 @router.get("", response_model=WebhookEventList)
-def list_events(job_id: str, session: SessionDep) -> WebhookEventList:
-    get_job(session, job_id)
+def list_events(job_id: str, session: SessionDep, caller: CallerDep) -> WebhookEventList:
+    get_job(session, job_id, caller.owner)
     events = session.scalars(
         select(WebhookEvent).where(WebhookEvent.job_id == job_id).order_by(WebhookEvent.created_at)
     ).all()
@@ -26,10 +27,10 @@ def list_events(job_id: str, session: SessionDep) -> WebhookEventList:
 
 
 @router.post("/redeliver", status_code=202, response_model=WebhookEventOut)
-def redeliver(job_id: str, session: SessionDep) -> WebhookEventOut:
+def redeliver(job_id: str, session: SessionDep, caller: CallerDep) -> WebhookEventOut:
     """Send the job's final event again (same webhook-id), on a fresh retry schedule."""
     begin_write(session)
-    get_job(session, job_id)
+    get_job(session, job_id, caller.owner)
     event = redeliver_final_event(session, job_id)
     session.commit()
     return WebhookEventOut.of(event)

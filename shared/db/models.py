@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     TypeDecorator,
@@ -82,10 +83,26 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Job(Base):
-    __tablename__ = "jobs"
+class ApiKey(Base):
+    """A client's key: only its SHA-256 is stored; the prefix finds the row."""
+
+    __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(24), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # The API key that created the job; None when the server runs without keys.
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
     status: Mapped[str] = mapped_column(String(24), default=JobStatus.QUEUED, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -201,3 +218,31 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float] = mapped_column(Float)
     retry_in_seconds: Mapped[float | None] = mapped_column(Float)  # None: no retry follows
+
+
+class IdempotencyKey(Base):
+    """The job an `Idempotency-Key` created, and a digest of the request that made it."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (PrimaryKeyConstraint("owner", "key", name="pk_idempotency_keys"),)
+
+    owner: Mapped[str] = mapped_column(String(36))  # the API key's id, or "" without keys
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(36))  # kept after retention deletes the job
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class MetricCounter(Base):
+    """A monotonic counter series for /metrics, written in the transaction that counts it.
+
+    Kept in the database so every API and worker process reports the same totals,
+    and so retention, which deletes jobs, never makes a counter go backwards.
+    """
+
+    __tablename__ = "metric_counters"
+    __table_args__ = (PrimaryKeyConstraint("name", "labels", name="pk_metric_counters"),)
+
+    name: Mapped[str] = mapped_column(String(100))
+    labels: Mapped[str] = mapped_column(String(200))  # canonical JSON object of label values
+    value: Mapped[float] = mapped_column(Float, default=0.0)

@@ -26,6 +26,7 @@ def create_job(
     job_id: str,
     staged: list[StagedItem],
     *,
+    owner_id: str | None = None,
     webhook_url: str | None = None,
     webhook_events: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
@@ -34,6 +35,7 @@ def create_job(
     now = utcnow()
     job = Job(
         id=job_id,
+        owner_id=owner_id,
         status=JobStatus.QUEUED,
         created_at=now,
         total=len(staged),
@@ -67,9 +69,13 @@ def create_job(
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, owner: str | None = None) -> Job:
+    """The job, if `owner` may see it (None: any job; a server without keys).
+
+    Another key's job is answered exactly like a missing one, so ids cannot be probed.
+    """
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (owner is not None and job.owner_id != owner):
         raise NotFound(f"no job with id {job_id!r}")
     return job
 
@@ -95,9 +101,18 @@ def decode_cursor(cursor: str) -> list[Any]:
     return values
 
 
-def list_jobs(session: Session, *, status: str | None, limit: int, cursor: str | None) -> Page:
+def list_jobs(
+    session: Session,
+    *,
+    owner: str | None,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+) -> Page:
     """Newest first, keyset-paginated on (created_at, id)."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if owner is not None:
+        query = query.where(Job.owner_id == owner)
     if status is not None:
         query = query.where(Job.status == status)
     if cursor:
@@ -111,8 +126,10 @@ def list_jobs(session: Session, *, status: str | None, limit: int, cursor: str |
     return Page(jobs, next_cursor)
 
 
-def results_page(session: Session, job_id: str, *, limit: int, cursor: str | None) -> Page:
-    get_job(session, job_id)
+def results_page(
+    session: Session, job_id: str, *, owner: str | None, limit: int, cursor: str | None
+) -> Page:
+    get_job(session, job_id, owner)
     after = int(decode_cursor(cursor)[0]) if cursor else -1
     items = list(
         session.scalars(
@@ -127,21 +144,23 @@ def results_page(session: Session, job_id: str, *, limit: int, cursor: str | Non
     return Page(items, encode_cursor([items[-1].position]) if more else None)
 
 
-def iter_results(session: Session, job_id: str, chunk: int = 500) -> Iterator[Item]:
+def iter_results(
+    session: Session, job_id: str, owner: str | None, chunk: int = 500
+) -> Iterator[Item]:
     """Every item of a job in order, fetched a chunk at a time for downloads."""
     cursor: str | None = None
     while True:
-        page = results_page(session, job_id, limit=chunk, cursor=cursor)
+        page = results_page(session, job_id, owner=owner, limit=chunk, cursor=cursor)
         yield from page.rows
         if page.next_cursor is None:
             return
         cursor = page.next_cursor
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, owner: str | None) -> Job:
     begin_write(session)
     job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
-    if job is None:
+    if job is None or (owner is not None and job.owner_id != owner):
         raise NotFound(f"no job with id {job_id!r}")
     if JobStatus(job.status).is_final:
         raise Conflict(f"job {job_id} already finished with status {job.status}")
@@ -158,9 +177,9 @@ def cancel_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def delete_job(session: Session, storage: Storage, job_id: str) -> None:
+def delete_job(session: Session, storage: Storage, job_id: str, owner: str | None) -> None:
     begin_write(session)
-    get_job(session, job_id)
+    get_job(session, job_id, owner)
     session.execute(delete(Item).where(Item.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
     session.commit()

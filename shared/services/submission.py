@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, new_id
 from shared.db.session import begin_write
 from shared.errors import InvalidInput
+from shared.services.idempotency import IdempotencyRequest, earlier_job, remember
 from shared.services.intake import Upload, stage_uploads, storage_prefix
 from shared.services.jobs import create_job
 from shared.settings import Settings
@@ -43,6 +46,12 @@ def webhook_target(url: str | None, settings: Settings) -> str | None:
     return url
 
 
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    replayed: bool  # an earlier request with the same Idempotency-Key made this job
+
+
 def submit_job(
     session: Session,
     storage: Storage,
@@ -50,15 +59,22 @@ def submit_job(
     uploads: list[Upload],
     *,
     enqueue: Callable[[str], None],
+    owner_id: str | None = None,
+    idempotency: IdempotencyRequest | None = None,
     webhook_url: str | None = None,
     webhook_events: str | None = None,
     metadata: str | None = None,
-) -> Job:
+) -> Submission:
     """Store, commit, enqueue, in that order: a message never names an uncommitted job.
 
     A failed enqueue does not fail the request: the job is committed as queued and
-    the workers' reconciler enqueues it again after REQUEUE_AFTER_SECONDS.
+    the workers' reconciler enqueues it again after REQUEUE_AFTER_SECONDS. Any
+    failure before the commit (a refused upload, a database outage, a full disk)
+    removes whatever was stored, so nothing is left half-written.
     """
+    if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
+        return Submission(job, replayed=True)
+    session.rollback()  # end the read: the write transaction must be the next to begin
     parsed_metadata = parse_metadata(metadata)
     webhook = webhook_target(webhook_url, settings)
     events = parse_event_names(webhook_events)
@@ -70,11 +86,20 @@ def submit_job(
             session,
             job_id,
             staged,
+            owner_id=owner_id,
             webhook_url=webhook,
             webhook_events=events,
             metadata=parsed_metadata,
         )
+        if idempotency is not None:
+            remember(session, idempotency, job_id)
         session.commit()
+    except IntegrityError:
+        session.rollback()
+        storage.delete_prefix(storage_prefix(job_id))
+        if idempotency is None or (job := earlier_job(session, idempotency)) is None:
+            raise
+        return Submission(job, replayed=True)  # a concurrent request with the key won
     except BaseException:
         session.rollback()
         storage.delete_prefix(storage_prefix(job_id))
@@ -83,4 +108,4 @@ def submit_job(
         enqueue(job_id)
     except Exception:
         log.exception("could not enqueue job %s; the reconciler will", job_id)
-    return job
+    return Submission(job, replayed=False)

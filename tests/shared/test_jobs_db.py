@@ -154,13 +154,13 @@ def test_cancel_skips_queued_items_and_keeps_finished_ones(database: str) -> Non
     with session_scope() as session:
         running = claim_items(session, job_id, 2, "v1")
     with session_scope() as session:
-        cancel_job(session, job_id)
+        cancel_job(session, job_id, None)
     with session_scope() as session:  # the batch in flight still lands
         record_results(session, _results(running), worker="w", inference_ms=1)
     job = _job_row(job_id)
     assert (job.status, job.succeeded, job.skipped) == (JobStatus.CANCELLED, 2, 3)
     with session_scope() as session, pytest.raises(Conflict, match="already finished"):
-        cancel_job(session, job_id)
+        cancel_job(session, job_id, None)
 
 
 def test_reconciler_requeues_items_of_a_dead_worker(database: str) -> None:

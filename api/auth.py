@@ -1,0 +1,102 @@
+"""API keys at the door: checked before the body is read, so strangers upload nothing.
+
+With AUTH_ENABLED every path but the public ones needs `Authorization: Bearer
+<key>`; the key's id then scopes every job query (`Caller.owner`). Job creation
+is rate-limited per key here too, before the upload streams in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import OperationalError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.errors import error_response
+from shared.db.session import session_scope
+from shared.errors import AppError, RateLimited
+from shared.services.keys import authenticate
+from shared.services.ratelimit import check_job_rate
+from shared.settings import Settings
+
+PUBLIC_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"}
+)
+PUBLIC_PREFIXES = ("/static/", "/docs/")
+JOB_CREATING = frozenset({("POST", "/jobs"), ("POST", "/predict")})
+STATE_KEY = "intel_api_key_id"
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `intel-classifier keys create`")
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str | None  # None when the server runs without keys
+
+    @property
+    def owner(self) -> str | None:
+        """The filter job queries take: None sees every job (no keys on this server)."""
+        return self.key_id
+
+
+def get_caller(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Caller:
+    # The middleware below did the checking; the bearer dependency declares it in OpenAPI.
+    return Caller(request.scope.get("state", {}).get(STATE_KEY))
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+class Authentication:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        key_id: str | None = None
+        try:
+            if self.settings.auth_enabled:
+                header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+                key_id = await anyio.to_thread.run_sync(_key_id, header)
+                scope.setdefault("state", {})[STATE_KEY] = key_id
+            if (scope["method"], scope["path"].rstrip("/")) in JOB_CREATING:
+                bucket = key_id or _client_address(scope)
+                await anyio.to_thread.run_sync(check_job_rate, self.settings, bucket)
+        except AppError as exc:
+            response = error_response(exc.http_status, exc.code, exc.message)
+            if exc.http_status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="intel-image-classifier"'
+            if isinstance(exc, RateLimited):
+                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_seconds)))
+            await response(scope, receive, send)
+            return
+        except OperationalError:
+            await error_response(503, "database_unavailable", "the database is unavailable; retry")(
+                scope, receive, send
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+def _key_id(header: str) -> str:
+    with session_scope(write=False) as session:
+        return authenticate(session, header or None).id
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"address:{client[0]}" if client else "address:unknown"

@@ -1,0 +1,41 @@
+"""`intel-classifier keys`: make, list and revoke API keys (stored hashed)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shared.db.session import session_scope
+from shared.services import keys as key_service
+
+keys_app = typer.Typer(help="API keys (used when AUTH_ENABLED=true).", no_args_is_help=True)
+
+
+@keys_app.command("create")
+def create(name: Annotated[str, typer.Option(help="Who or what the key is for.")]) -> None:
+    """Make a key; it is printed once, on the last line, and never stored in the clear."""
+    with session_scope() as session:
+        row, key = key_service.create_key(session, name)
+        typer.echo(f"created key {row.prefix} ({row.name}, id {row.id}); keep it secret:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def list_keys() -> None:
+    """Every key: prefix, name, when it was made, and whether it is revoked."""
+    with session_scope(write=False) as session:
+        rows = key_service.list_keys(session)
+        typer.echo(f"{'PREFIX':<14} {'NAME':<24} {'CREATED':<20} {'REVOKED':<20} ID")
+        for row in rows:
+            revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
+            created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            typer.echo(f"{row.prefix:<14} {row.name:<24} {created:<20} {revoked:<20} {row.id}")
+
+
+@keys_app.command("revoke")
+def revoke(key: Annotated[str, typer.Argument(help="The key's prefix, id or name.")]) -> None:
+    """Revoke a key: requests with it get 401 from now on; its jobs are kept."""
+    with session_scope() as session:
+        row = key_service.revoke_key(session, key)
+        typer.echo(f"revoked {row.prefix} ({row.name})")
