@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from api.auth import Authentication
 from api.errors import install_error_handlers
 from api.limits import UploadLimit
-from api.routes import health, jobs, predict, webhooks
+from api.routes import health, jobs, metrics, predict, webhooks
 from shared.settings import get_settings
 
 
@@ -25,6 +25,7 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(predict.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     # Added last, so it runs first: a stranger's upload is refused before it streams in.

@@ -49,6 +49,20 @@ def error_response(
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
 
 
+def multipart_problem(parser_message: str) -> tuple[int, str]:
+    """The multipart parser's own limits, said as this API says limits (413, with the limit)."""
+    if "exceeded maximum size" in parser_message:
+        return 413, (
+            f"a multipart part is over the parser's limit ({parser_message}); "
+            "text fields must stay under MAX_FORM_FIELD_BYTES, send images as files"
+        )
+    if parser_message.startswith("Too many"):
+        return 413, f"{parser_message} Send more images in a .zip instead."
+    if parser_message == "There was an error parsing the body":
+        return 400, "the request body is not a well-formed multipart/form-data body"
+    return 400, f"malformed request body: {parser_message}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -70,8 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        status, message = exc.status_code, str(exc.detail)
+        if status == 400:
+            status, message = multipart_problem(message)
+        response = error_response(status, HTTP_CODES.get(status, "http_error"), message)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @app.exception_handler(OperationalError)
     async def database_down(_: Request, exc: OperationalError) -> JSONResponse:

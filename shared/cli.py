@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from shared.errors import AppError
+from shared.logs import configure_logging
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ _register_groups()
 def main() -> None:
     # TensorFlow's C++ start-up chatter is not for users; errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(get_settings())
     try:
         app()
     except AppError as exc:
@@ -292,7 +292,7 @@ def api(
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
-        log_level="info",
+        log_config=None,  # configure_logging() set up the root logger; uvicorn's propagate
         timeout_graceful_shutdown=10,
     )
 

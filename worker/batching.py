@@ -58,6 +58,9 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
             item = decoded.item
             if probabilities is None:
                 error = decoded.error.message if decoded.error else "not decoded"
+                log.warning(
+                    "item failed: %s", error, extra={"job_id": item.job_id, "item_id": item.id}
+                )
                 results.append(ItemResult(item.id, item.job_id, None, None, None, error))
                 continue
             prediction = to_prediction(item.filename, probabilities, classifier.classes)

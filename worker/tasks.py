@@ -9,9 +9,10 @@ from functools import lru_cache
 from typing import Any
 
 import httpx
-from celery.signals import worker_init, worker_ready
+from celery.signals import setup_logging, worker_init, worker_ready
 
 from shared.db.session import session_factory, session_scope
+from shared.logs import configure_logging, log_context
 from shared.services.processing import requeue_stale
 from shared.services.retention import SweepReport, sweep
 from shared.settings import get_settings
@@ -34,8 +35,9 @@ DISPATCH_INTERVAL_SECONDS = 1.0
 
 @celery_app.task(name=CLASSIFY_TASK, acks_late=True)
 def classify_job(job_id: str) -> None:
-    if process_job(job_id, runtime.load()):
-        enqueue_job(job_id)  # more to do: a fresh message, so other jobs get their turn
+    with log_context(job_id=job_id):
+        if process_job(job_id, runtime.load()):
+            enqueue_job(job_id)  # more to do: a fresh message, so other jobs get their turn
 
 
 def reconcile_once() -> list[str]:
@@ -77,7 +79,8 @@ def _reconcile_forever() -> None:
 
 @celery_app.task(name=WEBHOOK_TASK, acks_late=True)
 def deliver_webhook(event_id: str) -> None:
-    deliver(event_id, get_settings(), _http_client())
+    with log_context(event_id=event_id):
+        deliver(event_id, get_settings(), _http_client())
 
 
 @lru_cache(maxsize=1)
@@ -95,6 +98,12 @@ def _dispatch_due_forever() -> None:
         except Exception:
             log.exception("webhook dispatcher pass failed")
         time.sleep(DISPATCH_INTERVAL_SECONDS)
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    # Connected, so Celery leaves the root logger to us: one format in every process.
+    configure_logging(get_settings())
 
 
 @worker_init.connect

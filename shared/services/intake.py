@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import stat
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,8 +139,33 @@ def _expand_zip(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes
                     f"over the limit of {settings.max_zip_ratio:,.0f}:1 (MAX_ZIP_RATIO); "
                     "this looks like a zip bomb"
                 )
+        seen: set[str] = set()
         for entry in members:
-            yield _read_entry(archive, entry, settings)
+            refusal = entry_refusal(entry, seen)
+            seen.add(entry.filename)
+            if refusal is not None:
+                yield entry.filename, b"", refusal
+            else:
+                yield _read_entry(archive, entry, settings)
+
+
+def entry_refusal(entry: zipfile.ZipInfo, seen: set[str]) -> str | None:
+    """Why an entry is not extracted at all, judged from its header alone.
+
+    Names are never used as paths here, but an archive that carries absolute
+    paths, `..` or links was made to attack an unzipper; its entries fail alone.
+    """
+    name = entry.filename
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "unsafe entry name: absolute paths are not extracted"
+    if ".." in parts:
+        return "unsafe entry name: '..' is not extracted"
+    if stat.S_ISLNK(entry.external_attr >> 16):
+        return "symbolic link: links in archives are not followed"
+    if name in seen:
+        return "duplicate entry name: only the first entry with this name is classified"
+    return None
 
 
 def _read_entry(

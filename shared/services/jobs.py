@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
 from shared.db.session import begin_write
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -174,6 +175,7 @@ def cancel_job(session: Session, job_id: str, owner: str | None) -> Job:
     job.finished_at = now
     refresh_job(session, job_id)
     record_final_event(session, job)
+    metrics.job_finished(session, job)
     return job
 
 

@@ -6,6 +6,7 @@ Every write is guarded by the item's current status, so a task that runs twice
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -13,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
 from shared.services.progress import refresh_job
 from shared.webhooks.events import record_event, record_progress_event
@@ -172,20 +174,26 @@ def record_results(
         ],
     )
     if batch_id is not None:
+        size = sum(r.error is None for r in results)
         session.add(
             Batch(
                 id=batch_id,
                 worker=worker,
-                size=sum(r.error is None for r in results),
+                size=size,
                 jobs=len({r.job_id for r in results}),
                 inference_ms=inference_ms,
                 created_at=now,
             )
         )
-    for job_id in sorted({r.job_id for r in results}):  # one lock order: no deadlocks
+        metrics.observe(session, metrics.BATCH_SIZE, size)
+        metrics.observe(session, metrics.BATCH_INFERENCE_SECONDS, inference_ms / 1000)
+    per_job = Counter(r.job_id for r in results)
+    for job_id in sorted(per_job):  # one lock order: no deadlocks
         job = refresh_job(session, job_id)
         if job is not None:
             record_progress_event(session, job, progress_interval_seconds)
+            latency = (now - job.created_at).total_seconds()
+            metrics.observe(session, metrics.ITEM_LATENCY_SECONDS, latency, per_job[job_id])
 
 
 def queued_count(session: Session, job_id: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
 from shared.webhooks.events import record_final_event
 
@@ -40,4 +41,5 @@ def refresh_job(session: Session, job_id: str) -> Job | None:
         job.finished_at = utcnow()
         job.started_at = job.started_at or job.finished_at
         record_final_event(session, job)
+        metrics.job_finished(session, job)
     return job

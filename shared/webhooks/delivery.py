@@ -13,6 +13,7 @@ import httpx
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.db.models import WebhookAttempt, WebhookEvent, WebhookEventStatus, utcnow
 from shared.db.session import session_scope
 from shared.errors import Conflict, InvalidInput
@@ -110,6 +111,8 @@ def deliver(event_id: str, settings: Settings, client: httpx.Client) -> Outcome 
                 lease_until=None,
             )
         )
+        outcome_label = "retry" if outcome.status == WebhookEventStatus.PENDING else outcome.status
+        metrics.count(session, metrics.WEBHOOK_ATTEMPTS, outcome=str(outcome_label))
     log.info("webhook %s to %s: %s", event_id, url, outcome)
     return outcome
 

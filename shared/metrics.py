@@ -1,0 +1,106 @@
+"""Counters and histograms for /metrics, kept in the database.
+
+Every API and worker process counts into the same rows, in the transaction that
+does the counted thing, so a rolled-back batch counts nothing and a scrape of any
+API process sees every worker's totals. Retention deletes jobs, never these rows,
+so counters only go up. Increments gather on the session and are written just
+before it commits, in one sorted order, so concurrent writers cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from shared.db.models import Job, MetricCounter
+
+_PENDING = "intel_metric_increments"
+
+BATCH_SIZE = "intel_batch_size"
+BATCH_INFERENCE_SECONDS = "intel_batch_inference_seconds"
+ITEM_LATENCY_SECONDS = "intel_item_latency_seconds"
+JOBS_FINISHED = "intel_jobs_finished"
+ITEMS_FINISHED = "intel_items_finished"
+WEBHOOK_ATTEMPTS = "intel_webhook_attempts"
+
+HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
+    BATCH_SIZE: (1, 2, 4, 8, 16, 32, 64, 128),
+    BATCH_INFERENCE_SECONDS: (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16),
+    ITEM_LATENCY_SECONDS: (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+}
+DESCRIPTIONS = {
+    BATCH_SIZE: "Images per forward pass",
+    BATCH_INFERENCE_SECONDS: "Seconds one forward pass took (decoding excluded)",
+    ITEM_LATENCY_SECONDS: "Seconds from the upload being accepted to the item's result",
+    JOBS_FINISHED: "Jobs that ended, by final status",
+    ITEMS_FINISHED: "Items of ended jobs, by final status",
+    WEBHOOK_ATTEMPTS: "Webhook delivery attempts, by outcome",
+}
+
+
+def labels_key(labels: dict[str, str]) -> str:
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+def count(session: Session, name: str, by: float = 1, **labels: str) -> None:
+    if by:
+        pending: dict[tuple[str, str], float] = session.info.setdefault(
+            _PENDING, defaultdict(float)
+        )
+        pending[(name, labels_key(labels))] += by
+
+
+def observe(session: Session, name: str, value: float, times: int = 1) -> None:
+    """Record `value` in histogram `name`, `times` times (a batch's items share a latency)."""
+    for bound in HISTOGRAM_BUCKETS[name]:
+        if value <= bound:
+            count(session, f"{name}_bucket", times, le=_le(bound))
+    count(session, f"{name}_bucket", times, le="+Inf")
+    count(session, f"{name}_sum", value * times)
+    count(session, f"{name}_count", times)
+
+
+def job_finished(session: Session, job: Job) -> None:
+    count(session, JOBS_FINISHED, status=job.status)
+    for status, number in (
+        ("succeeded", job.succeeded),
+        ("failed", job.failed),
+        ("skipped", job.skipped),
+    ):
+        count(session, ITEMS_FINISHED, number, status=status)
+
+
+def _le(bound: float) -> str:
+    return f"{bound:g}"
+
+
+@event.listens_for(Session, "before_commit")
+def _write_increments(session: Session) -> None:
+    pending: dict[tuple[str, str], float] | None = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    insert = _dialect_insert(session)
+    for (name, labels), by in sorted(pending.items()):
+        statement = insert(MetricCounter).values(name=name, labels=labels, value=by)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["name", "labels"], set_={"value": MetricCounter.value + by}
+            )
+        )
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_increments(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def _dialect_insert(session: Session) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
