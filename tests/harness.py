@@ -109,7 +109,10 @@ class Service:
         with self.client() as client:
 
             def finished() -> dict[str, Any] | None:
-                job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+                response = client.get(f"/jobs/{job_id}")
+                if response.status_code != 200:
+                    raise AssertionError(f"GET /jobs/{job_id}: {response.text}\n{self.logs()}")
+                job: dict[str, Any] = response.json()
                 return job if JobStatus(job["status"]).is_final else None
 
             result: dict[str, Any] = wait_for(finished, timeout, f"job {job_id}", 0.2)
