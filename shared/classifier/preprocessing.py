@@ -19,6 +19,15 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 Image.MAX_IMAGE_PIXELS = None
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width times height from the image's header alone, or None when it is not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.width * image.height)
+    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+        return None
+
+
 def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Decode `data` into an upright RGB image, refusing bombs before decoding them."""
     try:

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from PIL import Image, UnidentifiedImageError
-
+from shared.classifier.preprocessing import header_pixels
 from shared.classifier.sources import is_hidden
 from shared.db.models import new_id
 from shared.errors import (
@@ -101,7 +100,7 @@ def _expand(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, st
         yield from _expand_zip(upload, settings)
         return
     data = _read_limited(upload.stream, settings.max_image_bytes, upload.filename)
-    pixels = image_pixels(data)
+    pixels = header_pixels(data)
     if pixels is None:
         raise UnsupportedMediaType(
             f"{upload.filename!r} is neither an image nor a .zip archive "
@@ -124,7 +123,12 @@ def _expand_zip(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes
                 f"{upload.filename!r} has {len(entries):,} entries, over the limit of "
                 f"{settings.max_zip_entries:,} (MAX_ZIP_ENTRIES)"
             )
-        members = [e for e in entries if not e.is_dir() and not is_hidden(e.filename)]
+        # Hidden files are skipped quietly, but a `..` path is reported, not skipped.
+        members = [
+            e
+            for e in entries
+            if not e.is_dir() and (not is_hidden(e.filename) or _climbs(e.filename))
+        ]
         declared = sum(e.file_size for e in members)
         if declared > settings.max_zip_uncompressed_bytes:
             raise LimitExceeded(
@@ -149,6 +153,10 @@ def _expand_zip(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes
                 yield _read_entry(archive, entry, settings)
 
 
+def _climbs(name: str) -> bool:
+    return ".." in name.replace("\\", "/").split("/")
+
+
 def entry_refusal(entry: zipfile.ZipInfo, seen: set[str]) -> str | None:
     """Why an entry is not extracted at all, judged from its header alone.
 
@@ -156,10 +164,9 @@ def entry_refusal(entry: zipfile.ZipInfo, seen: set[str]) -> str | None:
     paths, `..` or links was made to attack an unzipper; its entries fail alone.
     """
     name = entry.filename
-    parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return "unsafe entry name: absolute paths are not extracted"
-    if ".." in parts:
+    if _climbs(name):
         return "unsafe entry name: '..' is not extracted"
     if stat.S_ISLNK(entry.external_attr >> 16):
         return "symbolic link: links in archives are not followed"
@@ -191,17 +198,8 @@ def _read_entry(
     return name, data, _entry_problem(data, name, settings)
 
 
-def image_pixels(data: bytes) -> int | None:
-    """Width times height from the image's header, or None when it is not an image."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return int(image.width * image.height)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return None
-
-
 def _entry_problem(data: bytes, name: str, settings: Settings) -> str | None:
-    pixels = image_pixels(data)
+    pixels = header_pixels(data)
     if pixels is None:
         if data[:4] in ZIP_MAGIC:
             return "not an image (archives inside the archive are not extracted)"
