@@ -37,7 +37,7 @@ DESCRIPTIONS = {
     BATCH_INFERENCE_SECONDS: "Seconds one forward pass took (decoding excluded)",
     ITEM_LATENCY_SECONDS: "Seconds from the upload being accepted to the item's result",
     JOBS_FINISHED: "Jobs that ended, by final status",
-    ITEMS_FINISHED: "Items of ended jobs, by final status",
+    ITEMS_FINISHED: "Items that ended, by final status",
     WEBHOOK_ATTEMPTS: "Webhook delivery attempts, by outcome",
 }
 
@@ -66,12 +66,10 @@ def observe(session: Session, name: str, value: float, times: int = 1) -> None:
 
 def job_finished(session: Session, job: Job) -> None:
     count(session, JOBS_FINISHED, status=job.status)
-    for status, number in (
-        ("succeeded", job.succeeded),
-        ("failed", job.failed),
-        ("skipped", job.skipped),
-    ):
-        count(session, ITEMS_FINISHED, number, status=status)
+
+
+def items_finished(session: Session, status: str, number: int) -> None:
+    count(session, ITEMS_FINISHED, number, status=status)
 
 
 def _le(bound: float) -> str:

@@ -12,6 +12,7 @@ from celery import Celery
 
 from shared.settings import Settings, get_settings
 from shared.webhooks.events import set_dispatcher
+from worker import fs_broker
 
 CLASSIFY_TASK = "worker.tasks.classify_job"
 QUEUE = "classify"
@@ -27,7 +28,7 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
     folder = settings.broker_folder
     for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    return "filesystem://", {
+    return f"{fs_broker.ALIAS}://", {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),

@@ -47,6 +47,7 @@ def create_job(
     )
     session.add(job)
     session.flush()
+    metrics.items_finished(session, ItemStatus.FAILED, job.failed)  # refused at intake
     session.execute(
         insert(Item),
         [
@@ -166,11 +167,12 @@ def cancel_job(session: Session, job_id: str, owner: str | None) -> Job:
     if JobStatus(job.status).is_final:
         raise Conflict(f"job {job_id} already finished with status {job.status}")
     now = utcnow()
-    session.execute(
+    skipped = session.execute(
         update(Item)
         .where(Item.job_id == job_id, Item.status == ItemStatus.QUEUED)
         .values(status=ItemStatus.SKIPPED, finished_at=now, error="job cancelled")
     )
+    metrics.items_finished(session, ItemStatus.SKIPPED, int(skipped.rowcount or 0))  # type: ignore[attr-defined]
     job.status = JobStatus.CANCELLED
     job.finished_at = now
     refresh_job(session, job_id)

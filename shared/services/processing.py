@@ -187,6 +187,9 @@ def record_results(
         )
         metrics.observe(session, metrics.BATCH_SIZE, size)
         metrics.observe(session, metrics.BATCH_INFERENCE_SECONDS, inference_ms / 1000)
+    failed = sum(r.error is not None for r in results)
+    metrics.items_finished(session, ItemStatus.FAILED, failed)
+    metrics.items_finished(session, ItemStatus.SUCCEEDED, len(results) - failed)
     per_job = Counter(r.job_id for r in results)
     for job_id in sorted(per_job):  # one lock order: no deadlocks
         job = refresh_job(session, job_id)

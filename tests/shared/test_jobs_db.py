@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -11,9 +14,21 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text, update
+from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.db.migrate import downgrade, upgrade
-from shared.db.models import Base, Item, Job, JobStatus, WebhookEvent, new_id, utcnow
+from shared.db.models import (
+    Base,
+    IdempotencyKey,
+    Item,
+    Job,
+    JobStatus,
+    MetricCounter,
+    WebhookEvent,
+    new_id,
+    utcnow,
+)
 from shared.db.session import engine_for, session_scope
 from shared.errors import Conflict
 from shared.services.intake import StagedItem
@@ -26,9 +41,21 @@ from shared.services.processing import (
     requeue_stale,
     reuse_known_results,
 )
+from shared.services.retention import sweep
 from shared.settings import get_settings
+from shared.storage import LocalStorage
 
-TABLES = {"jobs", "items", "batches", "webhook_events", "webhook_attempts", "alembic_version"}
+TABLES = {
+    "jobs",
+    "items",
+    "batches",
+    "webhook_events",
+    "webhook_attempts",
+    "api_keys",
+    "idempotency_keys",
+    "metric_counters",
+    "alembic_version",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -42,7 +69,12 @@ def database(
         url = request.getfixturevalue("postgres_url")
         upgrade(url)
         with engine_for(url).begin() as connection:
-            connection.execute(text("TRUNCATE jobs, items, batches CASCADE"))
+            connection.execute(
+                text(
+                    "TRUNCATE jobs, items, batches, api_keys, idempotency_keys, metric_counters "
+                    "CASCADE"
+                )
+            )
     monkeypatch.setenv("DATABASE_URL", url)
     get_settings.cache_clear()
     yield url
@@ -228,3 +260,87 @@ def test_identical_bytes_reuse_the_stored_result_of_the_same_model_version(datab
         claimed = claim_items(session, other_model, 1, "v2")
         reused, to_run = reuse_known_results(session, claimed, "v2", worker="w")
     assert (reused, len(to_run)) == ([], 1)
+
+
+def _finished_job(session: Session, storage: LocalStorage, finished_ago: timedelta) -> str:
+    job_id = new_id()
+    staged = [StagedItem(new_id(), 0, "a.jpg", 3, None, f"{job_id}/x", None)]
+    storage.put(f"{job_id}/x", io.BytesIO(b"abc"))
+    job = create_job(session, job_id, staged, webhook_url="https://example.com/hook")
+    job.status = JobStatus.SUCCEEDED
+    job.finished_at = utcnow() - finished_ago
+    session.add(
+        WebhookEvent(
+            id=f"msg_{job_id}",
+            job_id=job_id,
+            type="job.succeeded",
+            url="https://example.com",
+            body="{}",
+            status="delivered",
+            attempts=1,
+            created_at=utcnow(),
+        )
+    )
+    return job_id
+
+
+def test_retention_deletes_old_jobs_with_everything_they_own(database: str, tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "uploads")
+    settings = get_settings().model_copy(update={"retention_seconds": 7 * 86_400})
+    with session_scope() as session:
+        expired = _finished_job(session, storage, timedelta(days=8))
+        recent = _finished_job(session, storage, timedelta(hours=1))
+        running = create_job(
+            session, new_id(), [StagedItem(new_id(), 0, "b.jpg", 1, None, None, None)]
+        )
+        running.created_at = utcnow() - timedelta(days=30)  # old, but not finished: kept
+        expired_job = session.get(Job, expired)
+        assert expired_job is not None
+        metrics.job_finished(session, expired_job)
+    with session_scope(write=False) as session:
+        report = sweep(session, storage, settings)
+    assert report.jobs == 1
+    with session_scope(write=False) as session:
+        assert {j.id for j in session.scalars(select(Job))} == {recent, running.id}
+        assert session.scalars(select(Item).where(Item.job_id == expired)).all() == []
+        assert (
+            session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == expired)).all() == []
+        )
+        counted = session.scalar(
+            select(MetricCounter.value).where(MetricCounter.name == metrics.JOBS_FINISHED)
+        )
+    assert counted == 1  # counters outlive the jobs they counted
+    assert not (tmp_path / "uploads" / expired).exists()
+    assert (tmp_path / "uploads" / recent / "x").is_file()
+
+
+def test_sweep_removes_orphaned_files_and_expired_idempotency_keys(
+    database: str, tmp_path: Path
+) -> None:
+    storage = LocalStorage(tmp_path / "uploads")
+    settings = get_settings().model_copy(update={"orphan_grace_seconds": 3600})
+    two_hours_ago = time.time() - 7200
+    for name in ("orphan-old", "orphan-young"):
+        storage.put(f"{name}/x", io.BytesIO(b"abc"))
+    os.utime(tmp_path / "uploads" / "orphan-old", (two_hours_ago, two_hours_ago))
+    with session_scope() as session:
+        kept = _finished_job(session, storage, timedelta(minutes=1))
+        for key, age in (("fresh", timedelta(hours=23)), ("stale", timedelta(hours=25))):
+            session.add(
+                IdempotencyKey(
+                    owner="",
+                    key=key,
+                    request_sha256="0" * 64,
+                    job_id=kept,
+                    created_at=utcnow() - age,
+                )
+            )
+    os.utime(tmp_path / "uploads" / kept, (two_hours_ago, two_hours_ago))
+    with session_scope(write=False) as session:
+        report = sweep(session, storage, settings)
+    assert (report.orphans, report.idempotency_keys) == (1, 1)
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == sorted(
+        [kept, "orphan-young"]
+    )
+    with session_scope(write=False) as session:
+        assert [k.key for k in session.scalars(select(IdempotencyKey))] == ["fresh"]

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
@@ -60,7 +61,9 @@ def service(
         return
     redis_url = request.getfixturevalue("redis_url")
     with fresh_postgres_database() as database_url:
-        env = service_env(data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url)
+        env = service_env(
+            data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_FORMAT="json"
+        )
         service = Service(env, data_dir, free_port())
         subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
         try:
@@ -243,3 +246,61 @@ def test_identical_images_reuse_stored_results(service: Service, train_dir: Path
     assert [item["reused"] for item in first] == [False] * 3
     assert [item["reused"] for item in again] == [True] * 3
     assert [i["scores"] for i in again] == [i["scores"] for i in first]
+
+
+def test_metrics_agree_with_the_database(service: Service) -> None:
+    """Runs last: every job the module made has ended, and /metrics counted each once."""
+    with service.client() as client:
+        jobs = client.get("/jobs", params={"limit": 500}).json()["items"]
+        assert all(job["status"] not in {"queued", "running"} for job in jobs)
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    for status in ("succeeded", "partially_succeeded", "failed", "cancelled"):
+        expected = sum(job["status"] == status for job in jobs)
+        assert value("intel_jobs_finished_total", status=status) == expected, status
+        assert value("intel_jobs", status=status) == expected, status
+    for status in ("succeeded", "failed", "skipped"):
+        assert value("intel_items_finished_total", status=status) == sum(j[status] for j in jobs)
+    assert value("intel_queue_depth") == 0
+    assert value("intel_oldest_queued_item_age_seconds") == 0
+
+    database = service.env.get("DATABASE_URL") or f"sqlite:///{service.data_dir / 'intel.db'}"
+    engine = create_engine(database)
+    with Session(engine) as session:
+        batches = session.scalars(select(Batch)).all()
+    engine.dispose()
+    assert value("intel_batch_size_count") == len(batches)
+    assert value("intel_batch_size_sum") == sum(batch.size for batch in batches)
+    assert value("intel_batch_size_bucket", le="+Inf") == len(batches)
+    assert value("intel_batch_inference_seconds_count") == len(batches)
+    assert value("intel_batch_size_bucket", le="1") <= value("intel_batch_size_bucket", le="8")
+    worker_handled = sum(j["succeeded"] for j in jobs)  # every success passed a worker
+    assert value("intel_item_latency_seconds_count") >= worker_handled
+
+
+def test_logs_carry_job_and_item_ids(service: Service) -> None:
+    worker = next((p for p in service.processes if p.name == "worker"), None)
+    if worker is None:  # embedded: text logs (the default), ids appended in brackets
+        output = "".join(p.output() for p in service.processes)
+        failed_lines = [line for line in output.splitlines() if "item failed" in line]
+        assert failed_lines
+        assert all("[job_id=" in line and " item_id=" in line for line in failed_lines)
+        return
+    lines = [line for line in worker.output().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert len(records) > 10
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    failed = [r for r in records if r["message"].startswith("item failed")]
+    assert failed, "the truncated JPEG's failure is logged"
+    assert all(r["job_id"] and r["item_id"] for r in failed)
+    assert any(r.get("job_id") and r["message"].startswith("batch of") for r in records)
