@@ -31,6 +31,7 @@ def test_compose_names_services_commands_ports_and_settings_that_exist() -> None
         assert set(environment) <= SETTINGS, set(environment) - SETTINGS
         assert environment["DATABASE_URL"].startswith("postgresql://")
         assert environment["REDIS_URL"].startswith("redis://redis:")
+        assert environment["AUTH_ENABLED"] == "true"  # keys are off only in `serve`
     assert services["api"]["ports"] == ["9696:9696"]
     assert "--port" in services["api"]["command"]
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -44,6 +45,7 @@ def test_fly_runs_api_and_worker_as_separate_processes() -> None:
     _check_command(shlex.split(fly["deploy"]["release_command"]))
     assert fly["http_service"]["internal_port"] == int(fly["env"]["PORT"]) == Settings().port
     assert set(fly["env"]) <= SETTINGS
+    assert fly["env"]["AUTH_ENABLED"] == "true"
 
 
 def test_dockerfile_copies_paths_that_exist() -> None:
