@@ -7,12 +7,14 @@ WORKDIR /app
 
 # Dependencies first, so code changes do not reinstall TensorFlow.
 COPY pyproject.toml README.md ./
-RUN mkdir -p api worker shared && touch api/__init__.py worker/__init__.py shared/__init__.py \
+RUN mkdir -p api worker shared client \
+    && touch api/__init__.py worker/__init__.py shared/__init__.py client/__init__.py \
     && pip install -e '.[ml]'
 
 COPY api api
 COPY worker worker
 COPY shared shared
+COPY client client
 COPY migrations migrations
 COPY models models
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api.auth import Authentication
 from api.errors import install_error_handlers
 from api.limits import UploadLimit
-from api.routes import health, jobs, metrics, predict, webhooks
+from api.routes import health, jobs, metrics, page, predict, webhooks
 from shared.settings import get_settings
 
 
@@ -26,6 +27,8 @@ def create_app() -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     # Added last, so it runs first: a stranger's upload is refused before it streams in.

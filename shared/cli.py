@@ -27,9 +27,11 @@ app = typer.Typer(
 
 
 def _register_groups() -> None:
+    from client.cli import register
     from shared.commands_keys import keys_app
 
     app.add_typer(keys_app, name="keys")
+    register(app)
 
 
 _register_groups()

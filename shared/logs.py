@@ -84,4 +84,5 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    for chatty in ("alembic.runtime.plugins", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
