@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -128,3 +129,47 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def holdout_sample(train_dir: Path, per_class: int) -> list[Any]:
+    """`per_class` images of each class that the shipped model never trained on."""
+    from shared.classifier import artifact
+    from shared.classifier.dataset import list_labelled_images
+    from shared.classifier.evaluation import select_holdout
+    from shared.settings import DEFAULT_MODEL_PATH
+
+    manifest = artifact.read_manifest(DEFAULT_MODEL_PATH)
+    chosen: list[Any] = []
+    for image in select_holdout(list_labelled_images(train_dir), manifest):
+        if sum(c.label == image.label for c in chosen) < per_class:
+            chosen.append(image)
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """`serve` on embedded defaults with AUTH_ENABLED, and a key: what a user runs locally."""
+    import subprocess
+    import sys
+
+    from tests.harness import Service, free_port, service_env
+
+    data_dir = tmp_path_factory.mktemp("keyed")
+    service = Service(service_env(data_dir, AUTH_ENABLED="true"), data_dir, free_port())
+    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=service.env, check=True)
+    key = (
+        subprocess.run(
+            [sys.executable, "-m", "shared", "keys", "create", "--name", "tests"],
+            env=service.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    try:
+        service.start_serve()
+        yield service, key
+    finally:
+        service.stop()

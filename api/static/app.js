@@ -193,9 +193,10 @@ function renderRow(item) {
     const pct = document.createElement("span");
     pct.className = "pct";
     pct.textContent = `${(item.confidence * 100).toFixed(1)}%`;
-    confidence.append(bar, pct);
-    confidence.style.display = "flex";
-    confidence.style.alignItems = "center";
+    const wrap = document.createElement("div");
+    wrap.className = "confidence";
+    wrap.append(bar, pct);
+    confidence.append(wrap);
   } else {
     label.textContent = item.status;
     label.classList.add("failed");
