@@ -149,25 +149,13 @@ def holdout_sample(train_dir: Path, per_class: int) -> list[Any]:
 @pytest.fixture(scope="session")
 def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
     """`serve` on embedded defaults with AUTH_ENABLED, and a key: what a user runs locally."""
-    import subprocess
-    import sys
 
     from tests.harness import Service, free_port, service_env
 
     data_dir = tmp_path_factory.mktemp("keyed")
     service = Service(service_env(data_dir, AUTH_ENABLED="true"), data_dir, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=service.env, check=True)
-    key = (
-        subprocess.run(
-            [sys.executable, "-m", "shared", "keys", "create", "--name", "tests"],
-            env=service.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    service.migrate()
+    key = service.new_key("tests")
     try:
         service.start_serve()
         yield service, key

@@ -66,6 +66,23 @@ class Service:
     def client(self, timeout: float = 60) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`intel-classifier ARGS` with this service's settings, output captured."""
+        return subprocess.run(
+            [sys.executable, "-m", "shared", *args],
+            env=self.env,
+            check=check,
+            capture_output=True,
+            text=True,
+        )
+
+    def migrate(self) -> None:
+        self.cli("migrate")
+
+    def new_key(self, name: str) -> str:
+        """A new API key: `keys create` prints it on its last line."""
+        return self.cli("keys", "create", "--name", name).stdout.strip().splitlines()[-1]
+
     def spawn(self, name: str, *args: str) -> Process:
         log = self.data_dir / f"{name}-{len(self.processes)}.log"
         stream = log.open("wb")
@@ -151,3 +168,14 @@ def service_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The `error` object of a response that must have `status` and the one error shape."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error"}
+    assert {"code", "message"} <= set(body["error"])
+    error: dict[str, Any] = body["error"]
+    assert error["message"]
+    return error

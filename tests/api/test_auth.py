@@ -6,8 +6,6 @@ Real API processes with AUTH_ENABLED; keys come from the real CLI.
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,25 +35,10 @@ def api(
     data_dir = tmp_path_factory.mktemp("auth")
     env = service_env(data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url, AUTH_ENABLED="true")
     service = Service(env, data_dir, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+    service.migrate()
     service.start_api()
     yield service
     service.stop()
-
-
-def cli(service: Service, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "shared", *args],
-        env=service.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout
-
-
-def new_key(service: Service, name: str) -> str:
-    return cli(service, "keys", "create", "--name", name).strip().splitlines()[-1]
 
 
 def as_key(service: Service, key: str) -> httpx.Client:
@@ -91,7 +74,7 @@ def test_every_route_but_health_and_metrics_needs_a_key(api: Service) -> None:
 
 
 def test_a_key_sees_only_its_own_jobs_and_others_look_missing(api: Service) -> None:
-    alice, bob = new_key(api, "alice"), new_key(api, "bob")
+    alice, bob = api.new_key("alice"), api.new_key("bob")
     with as_key(api, alice) as as_alice, as_key(api, bob) as as_bob:
         job = as_alice.post("/jobs", files={"file": ("a.jpg", JPEG)}).json()
         job_id = job["id"]
@@ -119,7 +102,7 @@ def test_a_key_sees_only_its_own_jobs_and_others_look_missing(api: Service) -> N
 def test_keys_are_stored_hashed_and_revoked_keys_stop_working(
     api: Service, database_url: str
 ) -> None:
-    key = new_key(api, "carol")
+    key = api.new_key("carol")
     prefix = "_".join(key.split("_")[:2])
     engine = create_engine(database_url)
     with engine.connect() as connection:
@@ -132,20 +115,20 @@ def test_keys_are_stored_hashed_and_revoked_keys_stop_working(
     assert row["secret_sha256"] == hashlib.sha256(key.encode()).hexdigest()
     assert all(key not in str(value) for value in row.values())
 
-    listed = cli(api, "keys", "list")
+    listed = api.cli("keys", "list").stdout
     assert prefix in listed
     assert "carol" in listed
     assert key not in listed
     with as_key(api, key) as client:
         assert client.get("/jobs").status_code == 200
-        assert f"revoked {prefix} (carol)" in cli(api, "keys", "revoke", prefix)
+        assert f"revoked {prefix} (carol)" in api.cli("keys", "revoke", prefix).stdout
         response = client.get("/jobs")
         assert response.status_code == 401
         assert response.json()["error"]["message"] == "the API key has been revoked"
 
 
 def test_idempotency_key_returns_the_first_job(api: Service, database_url: str) -> None:
-    alice, bob = new_key(api, "alice-idem"), new_key(api, "bob-idem")
+    alice, bob = api.new_key("alice-idem"), api.new_key("bob-idem")
     archive = zip_bytes({"1.jpg": JPEG, "2.jpg": OTHER})
     with as_key(api, alice) as as_alice, as_key(api, bob) as as_bob:
 
@@ -201,7 +184,7 @@ def test_rate_limit_per_key_is_shared_by_api_processes_through_redis(
     for service in services:
         service.start_api()
     try:
-        dave, erin = new_key(api, "dave"), new_key(api, "erin")
+        dave, erin = api.new_key("dave"), api.new_key("erin")
         codes = []
         for index in range(4):  # alternate between the two API processes
             with as_key(services[index % 2], dave) as client:

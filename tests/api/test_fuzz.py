@@ -8,8 +8,6 @@ MAX_EXAMPLES per operation so CI spends well under a minute here.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,18 +37,8 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, 
         data_dir, AUTH_ENABLED="true", WEBHOOK_SECRETS="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     )
     service = Service(env, data_dir, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
-    key = (
-        subprocess.run(
-            [sys.executable, "-m", "shared", "keys", "create", "--name", "fuzz"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    service.migrate()
+    key = service.new_key("fuzz")
     service.start_api()
     yield service, key
     service.stop()

@@ -11,20 +11,17 @@ import io
 import os
 import stat
 import struct
-import subprocess
-import sys
 import time
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, free_port, service_env
+from tests.harness import Service, error_of, free_port, service_env
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 JPEG = image_bytes(size=(64, 64), fmt="JPEG", colour=(30, 120, 200))
@@ -41,7 +38,7 @@ LIMITS = {
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("hostile")
     service = Service(service_env(data_dir, **LIMITS), data_dir, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=service.env, check=True)
+    service.migrate()
     service.start_api()
     yield service
     service.stop()
@@ -51,13 +48,6 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def client(api: Service) -> Iterator[httpx.Client]:
     with api.client() as client:
         yield client
-
-
-def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["message"]
-    return error
 
 
 def raw_zip(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
@@ -264,7 +254,7 @@ def peak_rss_kib(pid: int) -> int:
 def test_every_bomb_together_keeps_memory_bounded(tmp_path: Path) -> None:
     # A fresh process: its peak RSS (VmHWM) has seen nothing but its own start.
     service = Service(service_env(tmp_path, **LIMITS), tmp_path, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=service.env, check=True)
+    service.migrate()
     process = service.start_api()
     four_mib_images = raw_zip(
         [(f"{i}.png", image_bytes() + os.urandom(4 * 2**20)) for i in range(6)]

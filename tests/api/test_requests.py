@@ -6,13 +6,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, free_port, service_env
+from tests.harness import Service, error_of, free_port, service_env
 
 LIMITS = {
     "MAX_UPLOAD_BYTES": "2000000",
@@ -29,7 +28,7 @@ LIMITS = {
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("api")
     service = Service(service_env(data_dir, **LIMITS), data_dir, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=service.env, check=True)
+    service.migrate()
     service.start_api()
     yield service
     service.stop()
@@ -39,15 +38,6 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def client(api: Service) -> Iterator[httpx.Client]:
     with api.client() as client:
         yield client
-
-
-def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"error"}
-    assert {"code", "message"} <= set(body["error"])
-    error: dict[str, Any] = body["error"]
-    return error
 
 
 def post_files(client: httpx.Client, *files: tuple[str, bytes], **form: str) -> httpx.Response:

@@ -32,7 +32,7 @@ from tests.harness import Service, free_port, service_env, wait_for
 def service(tmp_path: Path) -> Iterator[Service]:
     env = service_env(tmp_path, ORPHAN_GRACE_SECONDS="1")
     service = Service(env, tmp_path, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+    service.migrate()
     try:
         yield service
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def storage(tmp_path: Path) -> Iterator[Path]:
 def service(storage: Path, tmp_path: Path) -> Iterator[Service]:
     env = service_env(tmp_path, STORAGE_URL=storage.as_uri())
     service = Service(env, tmp_path, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+    service.migrate()
     service.start_api()
     try:
         yield service

@@ -7,8 +7,6 @@ takes uploads again once the database is back.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +31,7 @@ def database() -> Iterator[PrivatePostgres]:
 def service(database: PrivatePostgres, tmp_path: Path) -> Iterator[Service]:
     env = service_env(tmp_path, DATABASE_URL=database.url)  # the embedded broker: no Redis
     service = Service(env, tmp_path, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+    service.migrate()
     try:
         service.start_api()
         yield service

@@ -11,8 +11,6 @@ files are deleted once RETENTION_SECONDS have passed.
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +49,7 @@ def service(broker: PrivateRedis, tmp_path: Path) -> Iterator[Service]:
             KEEP_UPLOADS="true",
         )
         service = Service(env, tmp_path, free_port())
-        subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+        service.migrate()
         try:
             service.start_api()
             yield service

@@ -8,8 +8,6 @@ with exactly one result, and the job ends with the right status.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +28,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url, REQUEUE_AFTER_SECONDS="4"
         )
         service = Service(env, data_dir, free_port())
-        subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+        service.migrate()
         try:
             service.start_api()
             yield service

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,7 +87,7 @@ def test_local_keys_cannot_escape_the_root(tmp_path: Path) -> None:
 def test_api_stores_uploads_in_the_bucket(s3_env: dict[str, str], tmp_path: Path) -> None:
     env = service_env(tmp_path, STORAGE_URL=f"s3://{BUCKET}/service", **s3_env)
     service = Service(env, tmp_path, free_port())
-    subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+    service.migrate()
     service.start_api()
     try:
         jpeg = image_bytes(size=(32, 32), fmt="JPEG")

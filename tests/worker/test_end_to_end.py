@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,7 +63,7 @@ def service(
             data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_FORMAT="json"
         )
         service = Service(env, data_dir, free_port())
-        subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+        service.migrate()
         try:
             service.start_api()
             service.start_worker()

@@ -7,8 +7,6 @@ classification path's final events are covered in tests/shared/test_jobs_db.py.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -100,7 +98,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             WEBHOOK_TIMEOUT_SECONDS="1",
         )
         service = Service(env, data_dir, free_port())
-        subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+        service.migrate()
         try:
             service.start_api()
             process = service.spawn("webhooks", "webhooks")
