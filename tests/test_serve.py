@@ -40,5 +40,7 @@ def test_sigterm_to_serve_stops_its_workers(tmp_path: Path) -> None:
     serve = service.start_serve()
     children = _children(serve.popen.pid)
     assert len(children) == 2  # the classification worker and the webhook worker
+    # The embedded default runs without keys, and says so.
+    assert "API keys are off (AUTH_ENABLED=false)" in serve.output()
     serve.stop(signal.SIGTERM)
     wait_for(lambda: not any(_alive(pid) for pid in children), 60, "the workers to exit")
