@@ -19,13 +19,10 @@ from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared.classifier.labels import CLASSES
 from shared.db.models import Job, JobStatus
 from shared.db.session import session_scope
-from shared.errors import LimitExceeded
 from shared.services import jobs as job_service
 from shared.services.documents import job_document
-from shared.services.idempotency import idempotency_request
 from shared.services.intake import Upload
 from shared.services.submission import submit_job
-from shared.settings import Settings
 from worker.celery_app import enqueue_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -77,17 +74,14 @@ def create(
     ] = None,
 ) -> JobOut:
     """Upload one image, a zip of images, or several; classification happens in the background."""
-    uploads = uploads_of(file, files)
-    fields = {"webhook_url": webhook_url, "webhook_events": webhook_events, "metadata": metadata}
-    check_field_sizes(fields, settings)
     submission = submit_job(
         session,
         storage,
         settings,
-        uploads,
+        uploads_of(file, files),
         enqueue=enqueue_job,
         owner_id=caller.key_id,
-        idempotency=idempotency_request(idempotency_key, caller.key_id, uploads, fields),
+        idempotency_key=idempotency_key,
         webhook_url=webhook_url,
         webhook_events=webhook_events,
         metadata=metadata,
@@ -96,15 +90,6 @@ def create(
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return job_out(session, submission.job)
-
-
-def check_field_sizes(fields: dict[str, str | None], settings: Settings) -> None:
-    for name, value in fields.items():
-        if value is not None and len(value.encode()) > settings.max_form_field_bytes:
-            raise LimitExceeded(
-                f"form field {name!r} is {len(value.encode()):,} bytes, over the limit of "
-                f"{settings.max_form_field_bytes:,} (MAX_FORM_FIELD_BYTES)"
-            )
 
 
 @router.get("", response_model=JobList)

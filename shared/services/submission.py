@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Job, new_id
 from shared.db.session import begin_write
-from shared.errors import InvalidInput
-from shared.services.idempotency import IdempotencyRequest, earlier_job, remember
+from shared.errors import InvalidInput, LimitExceeded
+from shared.services.idempotency import earlier_job, idempotency_request, remember
 from shared.services.intake import Upload, stage_uploads, storage_prefix
 from shared.services.jobs import create_job
 from shared.settings import Settings
@@ -46,6 +46,16 @@ def webhook_target(url: str | None, settings: Settings) -> str | None:
     return url
 
 
+def check_field_sizes(fields: dict[str, str | None], settings: Settings) -> None:
+    for name, value in fields.items():
+        size = len(value.encode()) if value is not None else 0
+        if size > settings.max_form_field_bytes:
+            raise LimitExceeded(
+                f"form field {name!r} is {size:,} bytes, over the limit of "
+                f"{settings.max_form_field_bytes:,} (MAX_FORM_FIELD_BYTES)"
+            )
+
+
 @dataclass(frozen=True)
 class Submission:
     job: Job
@@ -60,7 +70,7 @@ def submit_job(
     *,
     enqueue: Callable[[str], None],
     owner_id: str | None = None,
-    idempotency: IdempotencyRequest | None = None,
+    idempotency_key: str | None = None,
     webhook_url: str | None = None,
     webhook_events: str | None = None,
     metadata: str | None = None,
@@ -72,6 +82,9 @@ def submit_job(
     failure before the commit (a refused upload, a database outage, a full disk)
     removes whatever was stored, so nothing is left half-written.
     """
+    fields = {"webhook_url": webhook_url, "webhook_events": webhook_events, "metadata": metadata}
+    check_field_sizes(fields, settings)
+    idempotency = idempotency_request(idempotency_key, owner_id, uploads, fields)
     if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
         return Submission(job, replayed=True)
     session.rollback()  # end the read: the write transaction must be the next to begin
