@@ -80,7 +80,8 @@ class DatabaseCollector:
             "Items a worker holds now",
             value=float(item_counts.get(ItemStatus.RUNNING, 0)),
         )
-        age = (utcnow() - _aware(oldest)).total_seconds() if oldest is not None else 0.0
+        # UTCDateTime makes the MIN() aware on SQLite too.
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         yield GaugeMetricFamily(
             "intel_oldest_queued_item_age_seconds",
             "How long the oldest waiting item has waited (0 when none waits)",
@@ -113,8 +114,3 @@ def _histograms(stored: dict[tuple[str, str], float]) -> Iterator[Metric]:
         )
         yield family
 
-
-def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
