@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,18 @@ class Service:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.output()[-4000:]}" for p in self.processes)
+
+
+@contextmanager
+def running_api(data_dir: Path, **overrides: str) -> Iterator[Service]:
+    """A migrated database and one API process on `service_env(data_dir, **overrides)`."""
+    service = Service(service_env(data_dir, **overrides), data_dir, free_port())
+    service.migrate()
+    try:
+        service.start_api()
+        yield service
+    finally:
+        service.stop()
 
 
 def _died(process: Process) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from shared.db.models import Job
 from tests.conftest import fresh_postgres_database, image_bytes, zip_bytes
-from tests.harness import Service, free_port, service_env
+from tests.harness import Service, free_port, running_api
 
 JPEG = image_bytes(size=(64, 64), fmt="JPEG", colour=(30, 120, 200))
 OTHER = image_bytes(size=(64, 64), fmt="JPEG", colour=(200, 20, 20))
@@ -33,12 +33,9 @@ def api(
     database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("auth")
-    env = service_env(data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url, AUTH_ENABLED="true")
-    service = Service(env, data_dir, free_port())
-    service.migrate()
-    service.start_api()
-    yield service
-    service.stop()
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "AUTH_ENABLED": "true"}
+    with running_api(data_dir, **env) as service:
+        yield service
 
 
 def as_key(service: Service, key: str) -> httpx.Client:

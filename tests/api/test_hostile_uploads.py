@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, error_of, free_port, service_env
+from tests.harness import Service, error_of, free_port, running_api, service_env
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 JPEG = image_bytes(size=(64, 64), fmt="JPEG", colour=(30, 120, 200))
@@ -36,12 +36,8 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data_dir = tmp_path_factory.mktemp("hostile")
-    service = Service(service_env(data_dir, **LIMITS), data_dir, free_port())
-    service.migrate()
-    service.start_api()
-    yield service
-    service.stop()
+    with running_api(tmp_path_factory.mktemp("hostile"), **LIMITS) as service:
+        yield service
 
 
 @pytest.fixture

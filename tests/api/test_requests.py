@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, error_of, free_port, service_env
+from tests.harness import Service, error_of, running_api, service_env
 
 LIMITS = {
     "MAX_UPLOAD_BYTES": "2000000",
@@ -26,12 +26,8 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data_dir = tmp_path_factory.mktemp("api")
-    service = Service(service_env(data_dir, **LIMITS), data_dir, free_port())
-    service.migrate()
-    service.start_api()
-    yield service
-    service.stop()
+    with running_api(tmp_path_factory.mktemp("api"), **LIMITS) as service:
+        yield service
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, free_port, service_env
+from tests.harness import Service, running_api
 
 TMPFS_BYTES = 2 * 1024 * 1024
 
@@ -39,14 +39,8 @@ def storage(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def service(storage: Path, tmp_path: Path) -> Iterator[Service]:
-    env = service_env(tmp_path, STORAGE_URL=storage.as_uri())
-    service = Service(env, tmp_path, free_port())
-    service.migrate()
-    service.start_api()
-    try:
+    with running_api(tmp_path, STORAGE_URL=storage.as_uri()) as service:
         yield service
-    finally:
-        service.stop()
 
 
 def files_in(folder: Path) -> list[Path]:

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, func, select
 from shared.db.models import Item, Job
 from tests.conftest import image_bytes, zip_bytes
 from tests.faults.servers import PrivatePostgres, private_postgres
-from tests.harness import Service, free_port, service_env
+from tests.harness import Service, running_api
 
 ARCHIVE = zip_bytes({f"{i}.png": image_bytes(colour=(i, 80, 160)) for i in range(5)})
 
@@ -29,14 +29,8 @@ def database() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture
 def service(database: PrivatePostgres, tmp_path: Path) -> Iterator[Service]:
-    env = service_env(tmp_path, DATABASE_URL=database.url)  # the embedded broker: no Redis
-    service = Service(env, tmp_path, free_port())
-    service.migrate()
-    try:
-        service.start_api()
+    with running_api(tmp_path, DATABASE_URL=database.url) as service:  # embedded broker
         yield service
-    finally:
-        service.stop()
 
 
 def stored_folders(service: Service) -> set[str]:
