@@ -113,4 +113,3 @@ def _histograms(stored: dict[tuple[str, str], float]) -> Iterator[Metric]:
             sum_value=stored.get((f"{name}_sum", "{}"), 0.0),
         )
         yield family
-
