@@ -309,8 +309,18 @@ def worker(
 
     if get_settings().worker_nice:
         os.nice(get_settings().worker_nice)
-    # solo: the process that loaded the model runs the tasks; run more workers to scale.
-    celery_app.worker_main(["worker", "--pool=solo", f"--loglevel={loglevel}", "-Q", "classify"])
+    # One pool child holds the model and runs the tasks (run more workers to scale);
+    # prefork, because only a pool child can be killed at a task's hard time limit.
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            "--concurrency=1",
+            f"--loglevel={loglevel}",
+            "-Q",
+            "classify",
+        ]
+    )
 
 
 @app.command()

@@ -40,6 +40,19 @@ class Settings(BaseSettings):
     keep_uploads: bool = False
     requeue_after_seconds: float = Field(default=300.0, gt=0)
     batch_wait_ms: int = Field(default=20, ge=0, le=5000)
+    max_item_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Claims of one item (its worker died or timed out each time) before it fails",
+    )
+    decode_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="One image's fetch and decode; past it the item fails"
+    )
+    task_seconds_per_image: float = Field(
+        default=2.0,
+        gt=0,
+        description="Sizes a classify task's soft time limit (and, 30 s later, its hard one)",
+    )
 
     auth_enabled: bool = Field(
         default=False,

@@ -21,6 +21,7 @@ from shared.services.processing import (
     record_results,
     reuse_known_results,
 )
+from shared.settings import Settings
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,19 @@ log = logging.getLogger(__name__)
 # A task runs at most this many batches, then hands over to a new message: tasks
 # stay short (well inside any visibility timeout) and jobs take turns.
 MAX_BATCHES_PER_TASK = 8
+
+
+def time_limits(settings: Settings) -> tuple[float, float]:
+    """(soft, hard) seconds for one classify task, sized from the most images it may run.
+
+    The soft limit ends a task whose batch hangs in the forward pass or the
+    database; the hard one kills the pool child that ignores it, and the pool
+    starts a fresh one. Their items stay running until the reconciler takes them
+    back, and MAX_ITEM_ATTEMPTS bounds how often that happens.
+    """
+    most_images = MAX_BATCHES_PER_TASK * settings.inference_batch_size
+    soft = most_images * settings.task_seconds_per_image + settings.decode_timeout_seconds
+    return soft, soft + 30.0
 
 
 def process_job(job_id: str, runtime: Runtime) -> bool:
@@ -49,21 +63,22 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
         data = runtime.storage.get(item.storage_key)
         return preprocess(data, item.filename, classifier.input_size, settings.max_image_pixels)
 
-    for batch in decode_ahead(claims(), decode, batch_size, settings.decode_workers):
+    for batch in decode_ahead(
+        claims(), decode, batch_size, settings.decode_workers, settings.decode_timeout_seconds
+    ):
         started = time.perf_counter()
         outputs = run_decoded(batch, classifier.predict)
         inference_ms = (time.perf_counter() - started) * 1000
         results = []
-        for decoded, probabilities in zip(batch, outputs, strict=True):
+        for decoded, output in zip(batch, outputs, strict=True):
             item = decoded.item
-            if probabilities is None:
-                error = decoded.error.message if decoded.error else "not decoded"
+            if isinstance(output, str):
                 log.warning(
-                    "item failed: %s", error, extra={"job_id": item.job_id, "item_id": item.id}
+                    "item failed: %s", output, extra={"job_id": item.job_id, "item_id": item.id}
                 )
-                results.append(ItemResult(item.id, item.job_id, None, None, None, error))
+                results.append(ItemResult(item.id, item.job_id, None, None, None, output))
                 continue
-            prediction = to_prediction(item.filename, probabilities, classifier.classes)
+            prediction = to_prediction(item.filename, output, classifier.classes)
             results.append(
                 ItemResult(
                     item.id,

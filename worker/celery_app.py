@@ -52,8 +52,10 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
-        # The model is loaded once per worker at start; a restarted child would reload it.
+        # The model is loaded once per pool child at start; a child is replaced only
+        # when a task's hard time limit kills it, and the new one loads it again.
         worker_max_tasks_per_child=None,
+        worker_proc_alive_timeout=600,
     )
     return app
 

@@ -9,9 +9,9 @@ from functools import lru_cache
 from typing import Any
 
 import httpx
-from celery.signals import setup_logging, worker_init, worker_ready
+from celery.signals import setup_logging, worker_process_init, worker_ready
 
-from shared.db.session import session_factory, session_scope
+from shared.db.session import forget_inherited_connections, session_factory, session_scope
 from shared.logs import configure_logging, log_context
 from shared.services.processing import requeue_stale
 from shared.services.retention import SweepReport, sweep
@@ -19,7 +19,7 @@ from shared.settings import get_settings
 from shared.storage import open_storage
 from shared.webhooks.delivery import deliver, due_events
 from worker import runtime
-from worker.batching import process_job
+from worker.batching import process_job, time_limits
 from worker.celery_app import (
     CLASSIFY_TASK,
     WEBHOOK_TASK,
@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 DISPATCH_INTERVAL_SECONDS = 1.0
 
 
-@celery_app.task(name=CLASSIFY_TASK, acks_late=True)
+_SOFT_LIMIT, _HARD_LIMIT = time_limits(get_settings())
+
+
+@celery_app.task(
+    name=CLASSIFY_TASK, acks_late=True, soft_time_limit=_SOFT_LIMIT, time_limit=_HARD_LIMIT
+)
 def classify_job(job_id: str) -> None:
     with log_context(job_id=job_id):
         if process_job(job_id, runtime.load()):
@@ -43,7 +48,8 @@ def classify_job(job_id: str) -> None:
 def reconcile_once() -> list[str]:
     """Requeue what a dead worker or a lost message left behind, then enqueue those jobs."""
     with session_scope() as session:
-        jobs = requeue_stale(session, get_settings().requeue_after_seconds)
+        settings = get_settings()
+        jobs = requeue_stale(session, settings.requeue_after_seconds, settings.max_item_attempts)
     for job_id in jobs:
         enqueue_job(job_id)
     if jobs:
@@ -106,8 +112,10 @@ def _configure_logging(**_: Any) -> None:
     configure_logging(get_settings())
 
 
-@worker_init.connect
+@worker_process_init.connect
 def _load_model(**_: Any) -> None:
+    # A pool child: the parent's database connections are not ours to use or close.
+    forget_inherited_connections()
     if runtime.role == "classify":
         runtime.load()
 

@@ -122,8 +122,12 @@ def _run_chunk(
     readable: list[bool] = []
     for batch in decode_ahead(zip(paths, hashes, strict=True), decode, batch_size, workers):
         for output in run_decoded(batch, engine):
-            readable.append(output is not None)
-            rows.append(np.zeros(FEATURE_DIM, np.float32) if output is None else output)
+            if isinstance(output, str):
+                readable.append(False)
+                rows.append(np.zeros(FEATURE_DIM, np.float32))
+            else:
+                readable.append(True)
+                rows.append(output)
     return np.stack(rows).astype(np.float32), np.asarray(readable, dtype=bool)
 
 

@@ -1,9 +1,17 @@
-"""Batched inference with decoding overlapped: the path the CLI, evaluation and workers share."""
+"""Batched inference with decoding overlapped: the path the CLI, evaluation and workers share.
+
+Nothing about one image may end the loop for the others: any exception while
+decoding an item fails that item alone, a decode that outlives its deadline is
+abandoned and failed alone, and a forward pass that raises is retried on halves
+of the batch until the culprit is found.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from itertools import islice
 from typing import Generic, TypeVar
@@ -16,12 +24,18 @@ from shared.errors import AppError
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
+# An image that takes longer than this to fetch and decode is failed alone; pixel
+# limits keep honest images far below it (a 40 MP JPEG decodes in about a second).
+DEFAULT_DECODE_TIMEOUT_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class Decoded(Generic[T]):
     item: T
     array: np.ndarray | None
-    error: AppError | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -37,47 +51,90 @@ class Prediction:
         return self.error is None
 
 
+def describe_failure(exc: BaseException) -> str:
+    """The reason an item records: our own message, or the exception's type and text."""
+    if isinstance(exc, AppError):
+        return exc.message
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def decode_ahead(
     items: Iterable[T],
     decode: Callable[[T], np.ndarray],
     batch_size: int,
     workers: int,
+    timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
 ) -> Iterator[list[Decoded[T]]]:
     """Yield decoded batches; the next batch decodes in threads while the caller runs this one.
 
     The network releases the GIL, so Pillow decoding in the pool overlaps inference.
-    An item whose decode raises an `AppError` comes back with that error, alone.
+    An item whose decode raises anything, or outlives `timeout_seconds`, comes back
+    alone with the reason; a hung decode is abandoned, never waited for again.
     """
 
     def guarded(item: T) -> Decoded[T]:
         try:
             return Decoded(item, decode(item), None)
-        except AppError as exc:
-            return Decoded(item, None, exc)
+        except Exception as exc:  # any failure of one image is that image's alone
+            return Decoded(item, None, describe_failure(exc))
 
     iterator = iter(items)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    abandoned = False
 
-        def submit_next() -> list[Future[Decoded[T]]]:
-            return [pool.submit(guarded, item) for item in islice(iterator, batch_size)]
+    def submit_next() -> list[tuple[T, Future[Decoded[T]]]]:
+        return [(item, pool.submit(guarded, item)) for item in islice(iterator, batch_size)]
 
+    def collect(item: T, future: Future[Decoded[T]]) -> Decoded[T]:
+        nonlocal abandoned
+        try:
+            return future.result(timeout=timeout_seconds)
+        except FutureTimeout:
+            log.error("decode did not finish in %.0fs; abandoning it", timeout_seconds)
+            abandoned = True
+            return Decoded(item, None, f"not decoded within {timeout_seconds:g}s")
+
+    try:
         pending = submit_next()
         while pending:
             upcoming = submit_next()
-            yield [future.result() for future in pending]
+            yield [collect(item, future) for item, future in pending]
             pending = upcoming
+    finally:
+        # A hung decode must not hang the caller: leave its thread behind.
+        pool.shutdown(wait=not abandoned, cancel_futures=True)
+
+
+def run_isolated(
+    arrays: list[np.ndarray], run: Callable[[np.ndarray], np.ndarray]
+) -> list[np.ndarray | str]:
+    """Run `arrays` as one batch; if the pass raises, halves are retried to find the culprit.
+
+    Each position holds the output row, or the reason the pass failed for that item alone.
+    """
+    if not arrays:
+        return []
+    try:
+        result = run(np.stack(arrays))
+        return [result[row] for row in range(len(arrays))]
+    except Exception as exc:
+        if len(arrays) == 1:
+            log.warning("forward pass failed for one item: %s", exc)
+            return [f"inference failed: {describe_failure(exc)}"]
+    middle = len(arrays) // 2
+    return run_isolated(arrays[:middle], run) + run_isolated(arrays[middle:], run)
 
 
 def run_decoded(
     batch: list[Decoded[T]], run: Callable[[np.ndarray], np.ndarray]
-) -> list[np.ndarray | None]:
-    """Run the readable items of `batch` as one array; None in place of each unreadable one."""
+) -> list[np.ndarray | str]:
+    """Outputs for each item of `batch`: a probability row, or the reason it has none."""
     positions = [i for i, decoded in enumerate(batch) if decoded.array is not None]
-    outputs: list[np.ndarray | None] = [None] * len(batch)
-    if positions:
-        result = run(np.stack([batch[i].array for i in positions]))  # type: ignore[misc]
-        for row, position in enumerate(positions):
-            outputs[position] = result[row]
+    outputs: list[np.ndarray | str] = [decoded.error or "not decoded" for decoded in batch]
+    ran = run_isolated([batch[i].array for i in positions], run)  # type: ignore[misc]
+    for position, output in zip(positions, ran, strict=True):
+        outputs[position] = output
     return outputs
 
 
@@ -96,15 +153,12 @@ def predict_stream(
         return preprocess(data, name, classifier.input_size, max_pixels)
 
     for batch in decode_ahead(items, decode, batch_size, workers):
-        for decoded, probabilities in zip(
-            batch, run_decoded(batch, classifier.predict), strict=True
-        ):
+        for decoded, output in zip(batch, run_decoded(batch, classifier.predict), strict=True):
             name = decoded.item[0]
-            if probabilities is None:
-                message = decoded.error.message if decoded.error else "not decoded"
-                yield Prediction(name, None, None, None, message)
+            if isinstance(output, str):
+                yield Prediction(name, None, None, None, output)
             else:
-                yield to_prediction(name, probabilities, classifier.classes)
+                yield to_prediction(name, output, classifier.classes)
 
 
 def to_prediction(name: str, probabilities: np.ndarray, classes: tuple[str, ...]) -> Prediction:

@@ -24,15 +24,17 @@ def header_pixels(data: bytes) -> int | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return int(image.width * image.height)
-    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+    except Exception:  # Pillow's plugins raise many types on hostile headers
         return None
 
 
 def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Decode `data` into an upright RGB image, refusing bombs before decoding them."""
+    # Pillow's decoders raise whatever their parsers trip on (struct.error, KeyError,
+    # IndexError, ZeroDivisionError, ...): every one means this image cannot be read.
     try:
         image = Image.open(io.BytesIO(data))
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:
         raise UnreadableImage(name, _reason(exc)) from exc
     pixels = image.width * image.height
     if pixels > max_pixels:
@@ -42,7 +44,7 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore")  # EXIF and palette warnings are noise for us
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, SyntaxError, ValueError, TypeError) as exc:
+    except Exception as exc:
         raise UnreadableImage(name, _reason(exc)) from exc
 
 
@@ -81,7 +83,9 @@ def preprocess(data: bytes, name: str, size: int, max_pixels: int) -> np.ndarray
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = str(exc)
     if "cannot identify image file" in text:
         return "not a recognised image format"
-    return text
+    if isinstance(exc, (OSError, SyntaxError, ValueError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

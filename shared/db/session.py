@@ -51,9 +51,20 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+_engines: list[Engine] = []
+
+
 @lru_cache(maxsize=4)
 def engine_for(url: str) -> Engine:
-    return make_engine(url)
+    engine = make_engine(url)
+    _engines.append(engine)
+    return engine
+
+
+def forget_inherited_connections() -> None:
+    """In a forked child: drop the parent's pooled connections without closing them."""
+    for engine in _engines:
+        engine.dispose(close=False)
 
 
 def get_engine() -> Engine:

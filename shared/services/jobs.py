@@ -167,9 +167,11 @@ def cancel_job(session: Session, job_id: str, owner: str | None) -> Job:
     if JobStatus(job.status).is_final:
         raise Conflict(f"job {job_id} already finished with status {job.status}")
     now = utcnow()
+    # Running items end too: a batch that lands later writes only over running
+    # items, so it cannot bring a cancelled job's counts or status back.
     skipped = session.execute(
         update(Item)
-        .where(Item.job_id == job_id, Item.status == ItemStatus.QUEUED)
+        .where(Item.job_id == job_id, Item.status.in_([ItemStatus.QUEUED, ItemStatus.RUNNING]))
         .values(status=ItemStatus.SKIPPED, finished_at=now, error="job cancelled")
     )
     metrics.items_finished(session, ItemStatus.SKIPPED, int(skipped.rowcount or 0))  # type: ignore[attr-defined]

@@ -208,19 +208,34 @@ def queued_count(session: Session, job_id: str) -> int:
     )
 
 
-def requeue_stale(session: Session, older_than_seconds: float) -> list[str]:
+def requeue_stale(session: Session, older_than_seconds: float, max_attempts: int) -> list[str]:
     """Recover from lost workers and lost messages; returns the jobs to enqueue again.
 
-    Items left running longer than the deadline (their worker died) go back to
-    queued; jobs with items queued longer than the deadline (their message was
-    lost) are enqueued again; jobs whose items all ended are settled.
+    Items left running longer than the deadline (their worker died or hung) go back
+    to queued, unless they were claimed `max_attempts` times already: those fail
+    alone, so one image that kills every worker that takes it cannot circle forever.
+    Jobs with items queued longer than the deadline (their message was lost) are
+    enqueued again; jobs whose items all ended are settled.
     """
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-    requeued = session.execute(
+    stale = (Item.status == ItemStatus.RUNNING, Item.started_at < cutoff)
+    abandoned = session.execute(
         update(Item)
-        .where(Item.status == ItemStatus.RUNNING, Item.started_at < cutoff)
-        .values(status=ItemStatus.QUEUED)
+        .where(*stale, Item.attempts >= max_attempts)
+        .values(
+            status=ItemStatus.FAILED,
+            finished_at=utcnow(),
+            error=(
+                f"abandoned after {max_attempts} attempts (MAX_ITEM_ATTEMPTS): each time, "
+                "the worker holding it died or ran out of time"
+            ),
+        )
         .returning(Item.job_id)
+    ).scalars()
+    abandoned_jobs = Counter(abandoned)
+    metrics.items_finished(session, ItemStatus.FAILED, sum(abandoned_jobs.values()))
+    requeued = session.execute(
+        update(Item).where(*stale).values(status=ItemStatus.QUEUED).returning(Item.job_id)
     ).scalars()
     jobs = set(requeued)
     jobs.update(
@@ -236,6 +251,6 @@ def requeue_stale(session: Session, older_than_seconds: float) -> list[str]:
             Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), Job.id.not_in(unfinished)
         )
     ).all()
-    for job_id in sorted(set(unsettled) - jobs):
+    for job_id in sorted((set(unsettled) | set(abandoned_jobs)) - jobs):
         refresh_job(session, job_id)
     return sorted(jobs)

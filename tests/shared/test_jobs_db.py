@@ -181,16 +181,22 @@ def test_all_failed_is_failed_and_all_succeeded_is_succeeded(database: str) -> N
     assert _job_row(good).status == JobStatus.SUCCEEDED
 
 
-def test_cancel_skips_queued_items_and_keeps_finished_ones(database: str) -> None:
-    job_id = _job(5)
+def test_cancel_ends_queued_and_running_items_and_keeps_finished_ones(database: str) -> None:
+    job_id = _job(6)
+    with session_scope() as session:
+        done = claim_items(session, job_id, 1, "v1")
+    with session_scope() as session:
+        record_results(session, _results(done), worker="w", inference_ms=1)
     with session_scope() as session:
         running = claim_items(session, job_id, 2, "v1")
     with session_scope() as session:
         cancel_job(session, job_id, None)
-    with session_scope() as session:  # the batch in flight still lands
+    with session_scope() as session:  # the batch in flight lands after the cancel: dropped
         record_results(session, _results(running), worker="w", inference_ms=1)
+    with session_scope() as session:
+        assert requeue_stale(session, 0, 3) == []  # nothing of a cancelled job comes back
     job = _job_row(job_id)
-    assert (job.status, job.succeeded, job.skipped) == (JobStatus.CANCELLED, 2, 3)
+    assert (job.status, job.succeeded, job.skipped) == (JobStatus.CANCELLED, 1, 5)
     with session_scope() as session, pytest.raises(Conflict, match="already finished"):
         cancel_job(session, job_id, None)
 
@@ -200,7 +206,7 @@ def test_reconciler_requeues_items_of_a_dead_worker(database: str) -> None:
     with session_scope() as session:
         claimed = claim_items(session, job_id, 2, "v1")
     with session_scope() as session:
-        assert requeue_stale(session, 60) == []  # still within the deadline
+        assert requeue_stale(session, 60, 3) == []  # still within the deadline
     with session_scope() as session:
         session.execute(
             update(Item)
@@ -208,13 +214,32 @@ def test_reconciler_requeues_items_of_a_dead_worker(database: str) -> None:
             .values(started_at=utcnow() - timedelta(hours=1))
         )
     with session_scope() as session:
-        assert requeue_stale(session, 60) == [job_id]
+        assert requeue_stale(session, 60, 3) == [job_id]
     with session_scope() as session:
         again = claim_items(session, job_id, 5, "v1")
     assert {c.id for c in again} == {c.id for c in claimed}
     with session_scope(write=False) as session:
         attempts = session.scalars(select(Item.attempts).where(Item.job_id == job_id)).all()
     assert attempts == [2, 2]
+
+
+def test_an_item_that_outlives_its_workers_max_attempts_times_fails_alone(database: str) -> None:
+    poison = _job(1)
+    with session_scope() as session:
+        for attempt in range(3):
+            assert claim_items(session, poison, 1, "v1"), attempt
+            session.execute(
+                update(Item).values(started_at=utcnow() - timedelta(hours=1))
+            )  # its worker died holding it
+            jobs = requeue_stale(session, 60, 3)
+            assert jobs == ([poison] if attempt < 2 else [])
+    with session_scope(write=False) as session:
+        item = session.scalars(select(Item).where(Item.job_id == poison)).one()
+    assert item.status == "failed"
+    assert item.error is not None
+    assert "abandoned after 3 attempts (MAX_ITEM_ATTEMPTS)" in item.error
+    job = _job_row(poison)
+    assert (job.status, job.failed) == (JobStatus.FAILED, 1)
 
 
 def test_webhook_events_are_written_with_the_state_they_announce(database: str) -> None:
