@@ -83,13 +83,23 @@ def claim_items(session: Session, job_id: str, limit: int, model_version: str) -
 def reuse_known_results(
     session: Session, claimed: list[Claimed], model_version: str, *, worker: str
 ) -> tuple[list[Claimed], list[Claimed]]:
-    """Settle items whose bytes this model version already classified; (reused, still to run)."""
+    """Settle items whose bytes this model version already classified; (reused, still to run).
+
+    Reuse stays inside the owner (the API key, or the pool of anonymous uploads):
+    a result reused across keys would tell one tenant what another one sent.
+    """
     hashes = {c.sha256 for c in claimed if c.sha256}
     if not hashes:
         return [], claimed
-    known: dict[str, Any] = {}
+    owner_of = {
+        row.id: row.owner_id
+        for row in session.execute(
+            select(Job.id, Job.owner_id).where(Job.id.in_({c.job_id for c in claimed}))
+        )
+    }
+    known: dict[tuple[str | None, str], Any] = {}
     rows = session.execute(
-        select(Item.sha256, Item.id, Item.label, Item.confidence, Item.scores)
+        select(Job.owner_id, Item.sha256, Item.id, Item.label, Item.confidence, Item.scores)
         .join(Job, Job.id == Item.job_id)
         .where(
             Item.sha256.in_(hashes),
@@ -99,25 +109,26 @@ def reuse_known_results(
         )
     )
     for row in rows:
-        known.setdefault(row.sha256, row)
-    reused = [c for c in claimed if (c.sha256 or "") in known]
-    if reused:
-        results = []
-        for item in reused:
-            match = known[item.sha256 or ""]
-            results.append(
-                ItemResult(
-                    item.id,
-                    item.job_id,
-                    match.label,
-                    match.confidence,
-                    match.scores,
-                    None,
-                    reused_from=match.id,
-                )
-            )
-        record_results(session, results, worker=worker, inference_ms=0.0, batch=False)
-    return reused, [c for c in claimed if (c.sha256 or "") not in known]
+        known.setdefault((row.owner_id, row.sha256), row)
+
+    def match(item: Claimed) -> Any:
+        return known.get((owner_of.get(item.job_id), item.sha256 or ""))
+
+    reused = [c for c in claimed if match(c) is not None]
+    results = [
+        ItemResult(
+            item.id,
+            item.job_id,
+            match(item).label,
+            match(item).confidence,
+            match(item).scores,
+            None,
+            reused_from=match(item).id,
+        )
+        for item in reused
+    ]
+    record_results(session, results, worker=worker, inference_ms=0.0, batch=False)
+    return reused, [c for c in claimed if match(c) is None]
 
 
 def _queued_ids(session: Session, limit: int, *criteria: object) -> list[str]:

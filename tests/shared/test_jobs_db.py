@@ -33,6 +33,7 @@ from shared.db.session import engine_for, session_scope
 from shared.errors import Conflict
 from shared.services.intake import StagedItem
 from shared.services.jobs import cancel_job, create_job
+from shared.services.keys import create_key
 from shared.services.processing import (
     Claimed,
     ItemResult,
@@ -94,7 +95,12 @@ def test_migration_matches_the_models_and_round_trips(database: str) -> None:
     assert set(inspect(engine).get_table_names()) >= TABLES
 
 
-def _job(n: int, failed: int = 0, webhook_events: list[str] | None = None) -> str:
+def _job(
+    n: int,
+    failed: int = 0,
+    webhook_events: list[str] | None = None,
+    owner_id: str | None = None,
+) -> str:
     job_id = new_id()
     staged = [
         StagedItem(new_id(), i, f"img{i}.jpg", 10, "0" * 64, f"k/{i}", None) for i in range(n)
@@ -109,6 +115,7 @@ def _job(n: int, failed: int = 0, webhook_events: list[str] | None = None) -> st
             staged,
             webhook_url="https://hooks.example/in" if webhook_events is not None else None,
             webhook_events=webhook_events,
+            owner_id=owner_id,
         )
     return job_id
 
@@ -285,6 +292,26 @@ def test_identical_bytes_reuse_the_stored_result_of_the_same_model_version(datab
         claimed = claim_items(session, other_model, 1, "v2")
         reused, to_run = reuse_known_results(session, claimed, "v2", worker="w")
     assert (reused, len(to_run)) == ([], 1)
+
+
+def test_known_results_are_reused_only_within_their_owner(database: str) -> None:
+    with session_scope() as session:
+        owners = [create_key(session, name)[0].id for name in ("a", "b")]
+    first = _job(1, owner_id=owners[0])
+    with session_scope() as session:
+        claimed = claim_items(session, first, 1, "v1")
+        record_results(session, _results(claimed, label="glacier"), worker="w", inference_ms=1)
+
+    same_owner, other_owner, anonymous = (
+        _job(1, owner_id=owners[0]),
+        _job(1, owner_id=owners[1]),
+        _job(1),
+    )  # the same bytes (sha256 "000…") from three callers
+    with session_scope() as session:
+        claimed = claim_items(session, same_owner, 3, "v1")
+        reused, to_run = reuse_known_results(session, claimed, "v1", worker="w")
+    assert [c.job_id for c in reused] == [same_owner]
+    assert {c.job_id for c in to_run} == {other_owner, anonymous}
 
 
 def _finished_job(session: Session, storage: LocalStorage, finished_ago: timedelta) -> str:
