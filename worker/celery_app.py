@@ -13,6 +13,7 @@ from celery import Celery
 from shared.settings import Settings, get_settings
 from shared.webhooks.events import set_dispatcher
 from worker import fs_broker
+from worker.pending import FolderMarks, PendingMarks, RedisMarks
 
 CLASSIFY_TASK = "worker.tasks.classify_job"
 QUEUE = "classify"
@@ -60,12 +61,46 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def pending_marks(settings: Settings) -> PendingMarks:
+    # Long enough for a message to wait out a backlog; short enough that a mark left by
+    # a process that died between marking and sending delays its job only so long.
+    ttl = max(6 * settings.requeue_after_seconds, 600.0)
+    if settings.redis_url:
+        return RedisMarks(settings.redis_url, ttl)
+    return FolderMarks(settings.broker_folder / "pending", ttl)
+
+
+class JobQueue:
+    """Wake-up messages for jobs, at most one waiting per job."""
+
+    def __init__(self, app: Celery, marks: PendingMarks) -> None:
+        self.app = app
+        self.marks = marks
+
+    def enqueue(self, job_id: str) -> bool:
+        """Send the job's message unless one is waiting already; True when one was sent."""
+        if not self.marks.set(job_id):
+            return False
+        try:
+            # By name, so the API never imports the task code.
+            self.app.send_task(CLASSIFY_TASK, args=[job_id], queue=QUEUE)
+        except BaseException:
+            self.marks.clear(job_id)
+            raise
+        return True
+
+    def taken(self, job_id: str) -> None:
+        """A task took the job's message: the next enqueue sends a new one."""
+        self.marks.clear(job_id)
+
+
 celery_app = make_celery(get_settings())
+job_queue = JobQueue(celery_app, pending_marks(get_settings()))
 
 
 def enqueue_job(job_id: str) -> None:
-    """Send a job's wake-up message; by name, so the API never imports the task code."""
-    celery_app.send_task(CLASSIFY_TASK, args=[job_id], queue=QUEUE)
+    """Send a job's wake-up message, unless one is waiting already."""
+    job_queue.enqueue(job_id)
 
 
 def enqueue_webhook(event_id: str) -> None:

@@ -26,6 +26,7 @@ from worker.celery_app import (
     celery_app,
     enqueue_job,
     enqueue_webhook,
+    job_queue,
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ _SOFT_LIMIT, _HARD_LIMIT = time_limits(get_settings())
 )
 def classify_job(job_id: str) -> None:
     with log_context(job_id=job_id):
+        job_queue.taken(job_id)
         if process_job(job_id, runtime.load()):
             enqueue_job(job_id)  # more to do: a fresh message, so other jobs get their turn
 
@@ -50,11 +52,11 @@ def reconcile_once() -> list[str]:
     with session_scope() as session:
         settings = get_settings()
         jobs = requeue_stale(session, settings.requeue_after_seconds, settings.max_item_attempts)
-    for job_id in jobs:
-        enqueue_job(job_id)
-    if jobs:
-        log.warning("reconciler enqueued %d job(s) again: %s", len(jobs), ", ".join(jobs))
-    return jobs
+    # Only jobs with no message waiting get one: a backlog never grows duplicates.
+    sent = [job_id for job_id in jobs if job_queue.enqueue(job_id)]
+    if sent:
+        log.warning("reconciler enqueued %d job(s) again: %s", len(sent), ", ".join(sent))
+    return sent
 
 
 def sweep_once() -> SweepReport:

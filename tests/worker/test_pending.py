@@ -1,0 +1,53 @@
+"""At most one waiting message per job, on Redis and on the embedded broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared.db.models import new_id
+from shared.settings import Settings
+from worker.celery_app import QUEUE, JobQueue, make_celery, pending_marks
+from worker.pending import RedisMarks
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def queue_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(url).delete(QUEUE)
+        return Settings(redis_url=url, data_dir=tmp_path)
+    return Settings(data_dir=tmp_path)
+
+
+def _waiting(settings: Settings) -> int:
+    if settings.redis_url:
+        return int(redis.Redis.from_url(settings.redis_url).llen(QUEUE))
+    return len(list((settings.broker_folder / "queue").glob("*.msg")))
+
+
+def test_a_job_has_at_most_one_message_waiting(queue_settings: Settings) -> None:
+    queue = JobQueue(make_celery(queue_settings), pending_marks(queue_settings))
+    backlog = [new_id() for _ in range(5)]
+    for _ in range(4):  # the API's enqueue, then three reconciler passes over the backlog
+        for job_id in backlog:
+            queue.enqueue(job_id)
+    assert _waiting(queue_settings) == len(backlog)
+
+    queue.taken(backlog[0])  # a task took its message and has more to do
+    assert queue.enqueue(backlog[0])
+    assert not queue.enqueue(backlog[0])
+    assert _waiting(queue_settings) == len(backlog) + 1
+
+
+def test_marks_are_lost_with_the_messages_they_stand_for(redis_url: str, tmp_path: Path) -> None:
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path)
+    queue = JobQueue(make_celery(settings), pending_marks(settings))
+    job_id = new_id()
+    assert queue.enqueue(job_id)
+    client = redis.Redis.from_url(redis_url)
+    client.delete(QUEUE, RedisMarks.PREFIX + job_id)  # what a Redis restart without AOF does
+    assert queue.enqueue(job_id)  # the reconciler's enqueue goes through again
+    assert client.llen(QUEUE) == 1
