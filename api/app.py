@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.formparsers import MultiPartParser
 
 from api.auth import Authentication
 from api.errors import install_error_handlers
+from api.hygiene import UrlHygiene
 from api.limits import UploadLimit
 from api.routes import health, jobs, metrics, page, predict, webhooks
 from shared.settings import get_settings
 
+# Uploaded parts go to disk past 64 KiB: at Starlette's 1 MiB default, one request of
+# 500 parts would hold 500 MiB in memory.
+SPOOL_MAX_BYTES = 64 * 1024
+
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    MultiPartParser.spool_max_size = SPOOL_MAX_BYTES
     app = FastAPI(
         title="intel-image-classifier",
         version="0.1.0",
@@ -31,6 +38,7 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(UrlHygiene)
     # Added last, so it runs first: a stranger's upload is refused before it streams in.
     app.add_middleware(Authentication, settings=settings)
     return app

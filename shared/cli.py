@@ -358,6 +358,7 @@ def serve(
     import sys
 
     from shared.db.migrate import upgrade
+    from shared.process import die_with_parent
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -380,9 +381,9 @@ def serve(
     worker_env = {"WORKER_NICE": "10", **os.environ}
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "shared", "worker"], env=worker_env, preexec_fn=_die_with_parent
+            [sys.executable, "-m", "shared", "worker"], env=worker_env, preexec_fn=die_with_parent
         ),
-        subprocess.Popen([sys.executable, "-m", "shared", "webhooks"], preexec_fn=_die_with_parent),
+        subprocess.Popen([sys.executable, "-m", "shared", "webhooks"], preexec_fn=die_with_parent),
     ]
     try:
         api(host=host, port=port)
@@ -394,22 +395,6 @@ def serve(
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this child when `serve` dies.
-
-    uvicorn re-raises the SIGTERM it caught once it has shut down, so `serve` can
-    end before its `finally` stops the workers; without this they would outlive it.
-    """
-    import contextlib
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1
-    # Not Linux: the finally block still stops the workers on a normal exit.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _redacted(url: str) -> str:

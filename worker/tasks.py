@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from functools import lru_cache
@@ -13,6 +14,7 @@ from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from shared.db.session import forget_inherited_connections, session_factory, session_scope
 from shared.logs import configure_logging, log_context
+from shared.process import die_with_parent
 from shared.services.processing import requeue_stale
 from shared.services.retention import SweepReport, sweep
 from shared.settings import get_settings
@@ -116,7 +118,9 @@ def _configure_logging(**_: Any) -> None:
 
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
-    # A pool child: the parent's database connections are not ours to use or close.
+    # A pool child: it must not outlive the worker that owns its messages (a killed
+    # worker's tasks are redelivered), and the parent's connections are not its own.
+    die_with_parent(signal.SIGKILL)
     forget_inherited_connections()
     if runtime.role == "classify":
         runtime.load()

@@ -13,7 +13,7 @@ from api.errors import ERROR_RESPONSES
 from api.schemas import PredictOut
 from shared.db.models import Item, ItemStatus, Job, JobStatus
 from shared.errors import PredictTimeout, UnreadableImage
-from shared.services.intake import Upload
+from shared.services.intake import Upload, require_one_image
 from shared.services.submission import submit_job
 from worker.celery_app import enqueue_job
 
@@ -37,6 +37,7 @@ def predict(
 ) -> PredictOut:
     """Classify one image and wait for the answer: `{"class": ..., "confidence": ...}`."""
     upload = Upload(file.filename or "upload", file.file)
+    require_one_image(upload)
     job = submit_job(
         session, storage, settings, [upload], enqueue=enqueue_job, owner_id=caller.key_id
     ).job

@@ -26,12 +26,16 @@ from shared.errors import (
     NoImages,
     UnsupportedMediaType,
 )
+from shared.services.text_rules import label_text
+from shared.services.zip_directory import read_directory
 from shared.settings import Settings
 from shared.storage import Storage
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # Below this, a high compression ratio is ordinary (a blank image, a text file).
 RATIO_FLOOR_BYTES = 1024 * 1024
+# A central-directory record is 46 bytes plus the name, extra field and comment.
+DIRECTORY_BYTES_PER_ENTRY = 1024
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,17 @@ def storage_prefix(job_id: str) -> str:
     return job_id
 
 
+def require_one_image(upload: Upload) -> None:
+    """For calls that answer with one label: an archive is refused before anything is stored."""
+    head = upload.stream.read(8)
+    upload.stream.seek(0)
+    if head.startswith(ZIP_MAGIC):
+        raise InvalidInput(
+            f"{upload.filename!r} is a zip archive; POST /predict takes one image "
+            "(send archives to POST /jobs)"
+        )
+
+
 def stage_uploads(
     uploads: list[Upload], job_id: str, storage: Storage, settings: Settings
 ) -> list[StagedItem]:
@@ -71,7 +86,8 @@ def stage_uploads(
                         f"more than {settings.max_images_per_job:,} files in one job "
                         "(MAX_IMAGES_PER_JOB)"
                     )
-                staged.append(_stage(job_id, len(staged), filename, data, error, storage))
+                name = label_text(filename)  # kept for display; NUL cannot be stored
+                staged.append(_stage(job_id, len(staged), name, data, error, storage))
         if not any(item.error is None for item in staged):
             raise NoImages("the upload contains no images: " + _first_errors(staged))
     except BaseException:
@@ -111,7 +127,52 @@ def _expand(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, st
     yield upload.filename, data, None
 
 
+def _check_directory(upload: Upload, settings: Settings) -> None:
+    """Refuse an archive by what its end record declares, before zipfile reads its directory."""
+    directory = read_directory(upload.stream)
+    if directory is None:
+        return
+    if directory.entries > settings.max_zip_entries:
+        raise LimitExceeded(
+            f"{upload.filename!r} has {directory.entries:,} entries, over the limit of "
+            f"{settings.max_zip_entries:,} (MAX_ZIP_ENTRIES)"
+        )
+    most = settings.max_zip_entries * DIRECTORY_BYTES_PER_ENTRY
+    if directory.size_bytes > most:
+        raise LimitExceeded(
+            f"{upload.filename!r} has a central directory of {directory.size_bytes:,} bytes, "
+            f"over {most:,} ({DIRECTORY_BYTES_PER_ENTRY} bytes for each of MAX_ZIP_ENTRIES)"
+        )
+
+
+def _check_expansion(upload: Upload, members: list[zipfile.ZipInfo], settings: Settings) -> None:
+    """The whole archive's expansion: what is written to storage is bounded by what was sent."""
+    declared = sum(e.file_size for e in members)
+    if declared > settings.max_zip_uncompressed_bytes:
+        raise LimitExceeded(
+            f"{upload.filename!r} expands to {declared:,} bytes, over the limit of "
+            f"{settings.max_zip_uncompressed_bytes:,} (MAX_ZIP_UNCOMPRESSED_BYTES)"
+        )
+    compressed = sum(e.compress_size for e in members)
+    ratio = declared / max(compressed, 1)
+    if declared > RATIO_FLOOR_BYTES and ratio > settings.max_zip_ratio:
+        raise LimitExceeded(
+            f"{upload.filename!r} expands {ratio:,.0f}:1 as a whole ({compressed:,} bytes to "
+            f"{declared:,}), over the limit of {settings.max_zip_ratio:,.0f}:1 (MAX_ZIP_RATIO); "
+            "this looks like a zip bomb"
+        )
+    for entry in members:
+        ratio = entry.file_size / max(entry.compress_size, 1)
+        if entry.file_size > RATIO_FLOOR_BYTES and ratio > settings.max_zip_ratio:
+            raise LimitExceeded(
+                f"{upload.filename!r}: entry {entry.filename!r} is compressed {ratio:,.0f}:1, "
+                f"over the limit of {settings.max_zip_ratio:,.0f}:1 (MAX_ZIP_RATIO); "
+                "this looks like a zip bomb"
+            )
+
+
 def _expand_zip(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, str | None]]:
+    _check_directory(upload, settings)
     try:
         archive = zipfile.ZipFile(upload.stream)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -129,20 +190,7 @@ def _expand_zip(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes
             for e in entries
             if not e.is_dir() and (not is_hidden(e.filename) or _climbs(e.filename))
         ]
-        declared = sum(e.file_size for e in members)
-        if declared > settings.max_zip_uncompressed_bytes:
-            raise LimitExceeded(
-                f"{upload.filename!r} expands to {declared:,} bytes, over the limit of "
-                f"{settings.max_zip_uncompressed_bytes:,} (MAX_ZIP_UNCOMPRESSED_BYTES)"
-            )
-        for entry in members:
-            ratio = entry.file_size / max(entry.compress_size, 1)
-            if entry.file_size > RATIO_FLOOR_BYTES and ratio > settings.max_zip_ratio:
-                raise LimitExceeded(
-                    f"{upload.filename!r}: entry {entry.filename!r} is compressed {ratio:,.0f}:1, "
-                    f"over the limit of {settings.max_zip_ratio:,.0f}:1 (MAX_ZIP_RATIO); "
-                    "this looks like a zip bomb"
-                )
+        _check_expansion(upload, members, settings)
         seen: set[str] = set()
         for entry in members:
             refusal = entry_refusal(entry, seen)
@@ -164,6 +212,8 @@ def entry_refusal(entry: zipfile.ZipInfo, seen: set[str]) -> str | None:
     paths, `..` or links was made to attack an unzipper; its entries fail alone.
     """
     name = entry.filename
+    if label_text(name) != name:
+        return "unsafe entry name: control characters are not extracted"
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return "unsafe entry name: absolute paths are not extracted"
     if _climbs(name):

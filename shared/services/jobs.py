@@ -18,6 +18,7 @@ from shared.db.session import begin_write
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.services.intake import StagedItem, storage_prefix
 from shared.services.progress import refresh_job
+from shared.services.text_rules import unstorable
 from shared.storage import Storage
 from shared.webhooks.events import record_final_event
 
@@ -92,15 +93,35 @@ def encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> list[Any]:
+def decode_cursor(cursor: str, *shape: type) -> list[Any]:
+    """The values of a cursor this service issued: a list of exactly `shape`'s types.
+
+    Anything else that decodes (another length, another type, NUL bytes) is
+    refused like garbage is, so no crafted cursor reaches a query.
+    """
+    refused = InvalidInput(f"cursor {cursor[:80]!r} is not one this service issued")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded))
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"cursor {cursor!r} is not one this service issued") from exc
-    if not isinstance(values, list):
-        raise InvalidInput(f"cursor {cursor!r} is not one this service issued")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and binascii are ValueErrors
+        raise refused from exc
+    if not isinstance(values, list) or len(values) != len(shape):
+        raise refused
+    for value, expected in zip(values, shape, strict=True):
+        if type(value) is not expected or (isinstance(value, str) and unstorable(value)):
+            raise refused
     return values
+
+
+def _job_cursor(cursor: str) -> tuple[datetime, str]:
+    created, last_id = decode_cursor(cursor, str, str)
+    try:
+        at = datetime.fromisoformat(created)
+    except ValueError as exc:
+        raise InvalidInput(f"cursor {cursor[:80]!r} is not one this service issued") from exc
+    if at.tzinfo is None:
+        raise InvalidInput(f"cursor {cursor[:80]!r} is not one this service issued")
+    return at, last_id
 
 
 def list_jobs(
@@ -118,8 +139,7 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status)
     if cursor:
-        created, last_id = decode_cursor(cursor)
-        at = datetime.fromisoformat(created)
+        at, last_id = _job_cursor(cursor)
         query = query.where((Job.created_at < at) | ((Job.created_at == at) & (Job.id < last_id)))
     jobs = list(session.scalars(query))
     more = len(jobs) > limit
@@ -132,7 +152,9 @@ def results_page(
     session: Session, job_id: str, *, owner: str | None, limit: int, cursor: str | None
 ) -> Page:
     get_job(session, job_id, owner)
-    after = int(decode_cursor(cursor)[0]) if cursor else -1
+    after = decode_cursor(cursor, int)[0] if cursor else -1
+    if not -1 <= after < 2**31:  # positions are 32-bit integers in the database
+        raise InvalidInput(f"cursor {cursor!r} is not one this service issued")
     items = list(
         session.scalars(
             select(Item)

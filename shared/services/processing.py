@@ -152,6 +152,16 @@ def record_results(
     batch: bool = True,
 ) -> None:
     """Write a batch's results (only over items still running) and settle their jobs."""
+    # Only items still running are written and counted: a cancel, or the reconciler's
+    # requeue of a slow batch, may have ended or moved some since they were claimed.
+    still_running = set(
+        session.scalars(
+            select(Item.id)
+            .where(Item.id.in_([r.id for r in results]), Item.status == ItemStatus.RUNNING)
+            .with_for_update()
+        )
+    )
+    results = [r for r in results if r.id in still_running]
     if not results:
         return
     now = utcnow()

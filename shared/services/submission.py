@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from shared.errors import InvalidInput, LimitExceeded
 from shared.services.idempotency import earlier_job, idempotency_request, remember
 from shared.services.intake import Upload, stage_uploads, storage_prefix
 from shared.services.jobs import create_job
+from shared.services.text_rules import parse_json_object
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks.events import parse_event_names
@@ -28,13 +28,7 @@ log = logging.getLogger(__name__)
 def parse_metadata(raw: str | None) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"metadata must be a JSON object: {exc.msg}") from exc
-    if not isinstance(value, dict):
-        raise InvalidInput('metadata must be a JSON object, like {"batch": "2024-05"}')
-    return value
+    return parse_json_object("metadata", raw)
 
 
 def webhook_target(url: str | None, settings: Settings) -> str | None:

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlparse
+from dataclasses import dataclass
+
+import httpx
 
 from shared.errors import InvalidInput
+from shared.services.text_rules import unstorable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Unresolvable(InvalidInput):
+    """The name did not resolve: at submit a refusal, at delivery a failure worth retrying."""
+
+    code = "webhook_unresolvable"
 
 
 def parse_networks(text: str) -> list[IPNetwork]:
@@ -39,24 +48,64 @@ def refusal(address: IPAddress) -> str | None:
     return next((reason for failed, reason in checks if failed), None)
 
 
-def check_webhook_url(url: str, allowed: list[IPNetwork]) -> None:
-    """Raise InvalidInput naming the reason unless `url` is http(s) to public addresses only."""
-    parsed = urlparse(url)
-    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        raise InvalidInput(f"webhook_url must be an http(s) URL with a host, not {url!r}")
+@dataclass(frozen=True)
+class Target:
+    """A webhook URL that passed the guard, and the addresses it may be sent to."""
+
+    url: httpx.URL
+    host: str
+    port: int
+    addresses: list[IPAddress]
+
+
+def parse_webhook_url(url: str) -> httpx.URL:
+    """The URL as the sender will parse it (httpx), or InvalidInput naming what is wrong.
+
+    The guard and the sender must read a URL the same way, or a URL could pass
+    one and mean another host to the other; anything httpx cannot take is refused.
+    """
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url) or unstorable(url):
+        raise InvalidInput(
+            "webhook_url must not contain spaces, control characters or invalid UTF-8"
+        )
     try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parsed.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"webhook_url host {parsed.hostname!r} does not resolve: {exc}") from exc
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise InvalidInput(f"webhook_url {url[:200]!r} is not a valid URL: {exc}") from exc
+    if parsed.scheme not in {"http", "https"} or not parsed.host:
+        raise InvalidInput(f"webhook_url must be an http(s) URL with a host, not {url[:200]!r}")
+    if port is not None and not 0 < port < 65536:
+        raise InvalidInput(f"webhook_url port {port} is out of range")
+    return parsed
+
+
+def resolve_target(url: str, allowed: list[IPNetwork]) -> Target:
+    """Parse, resolve once, and check every address; the sender connects only to these."""
+    parsed = parse_webhook_url(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Unresolvable(f"webhook_url host {parsed.host!r} does not resolve: {exc}") from exc
+    except (OSError, ValueError, UnicodeError) as exc:
+        raise InvalidInput(f"webhook_url host {parsed.host!r} does not resolve: {exc}") from exc
+    addresses: list[IPAddress] = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if any(address in network for network in allowed):
-            continue
-        reason = refusal(address)
-        if reason:
-            raise InvalidInput(
-                f"webhook_url host {parsed.hostname!r} resolves to {address}, a {reason} "
-                "address; webhooks go to public addresses only "
-                "(WEBHOOK_ALLOWED_NETWORKS can allow a network)"
-            )
+        if not any(address in network for network in allowed):
+            reason = refusal(address)
+            if reason:
+                raise InvalidInput(
+                    f"webhook_url host {parsed.host!r} resolves to {address}, a {reason} "
+                    "address; webhooks go to public addresses only "
+                    "(WEBHOOK_ALLOWED_NETWORKS can allow a network)"
+                )
+        if address not in addresses:
+            addresses.append(address)
+    return Target(parsed, parsed.host, port, addresses)
+
+
+def check_webhook_url(url: str, allowed: list[IPNetwork]) -> None:
+    """Raise InvalidInput naming the reason unless `url` is http(s) to public addresses only."""
+    resolve_target(url, allowed)

@@ -138,6 +138,32 @@ def test_ratio_bomb_with_a_lying_size_header_fails_alone(client: httpx.Client) -
     assert "cannot extract from the zip" in (errors["bomb.jpg"] or "")
 
 
+def directory_bomb(entries: int) -> bytes:
+    """Few entries, each with a 60 KB extra field: megabytes of central directory."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(entries):
+            info = zipfile.ZipInfo(f"{i}.txt")
+            info.extra = struct.pack("<HH", 0xCAFE, 60_000) + bytes(60_000)
+            archive.writestr(info, b"")
+    return buffer.getvalue()
+
+
+def test_the_directory_is_judged_from_the_end_record_before_it_is_read(
+    client: httpx.Client,
+) -> None:
+    error = error_of(client.post("/jobs", files={"file": ("dir.zip", directory_bomb(100))}), 413)
+    assert "central directory of" in error["message"]
+    assert "MAX_ZIP_ENTRIES" in error["message"]
+
+
+def test_many_small_entries_are_judged_by_the_whole_archive(client: httpx.Client) -> None:
+    archive = zip_bytes({f"{i}.bmp": bytes(20_000) for i in range(400)})
+    error = error_of(client.post("/jobs", files={"file": ("small.zip", archive)}), 413)
+    assert "as a whole" in error["message"]
+    assert "MAX_ZIP_RATIO" in error["message"]
+
+
 def test_entry_count_bomb_is_413(client: httpx.Client) -> None:
     archive = zip_bytes({f"{i}.txt": b"" for i in range(501)})
     error = error_of(client.post("/jobs", files={"file": ("many.zip", archive)}), 413)
@@ -265,7 +291,12 @@ def test_every_bomb_together_keeps_memory_bounded(tmp_path: Path) -> None:
         "entries.zip": (zip_bytes({f"{i}.txt": b"" for i in range(501)}), 413),
         "nested.zip": (raw_zip([("inner.zip", zip_bytes({"z.bmp": bytes(9_000_000)}))]), 422),
         "large.zip": (four_mib_images, 202),
+        # 400 small entries that each inflate ~500:1, none over the per-entry floor.
+        "many-small.zip": (zip_bytes({f"{i}.bmp": bytes(20_000) for i in range(400)}), 413),
+        "directory.zip": (directory_bomb(100), 413),
     }
+    # 55 parts of almost 1 MiB: under Starlette's default they would all stay in memory.
+    parts = [("files", (f"{i}.png", image_bytes() + os.urandom(2**20 - 200))) for i in range(55)]
     try:
         with service.client() as client:
             client.post("/jobs", files={"file": ("warm.jpg", JPEG)})  # the first request's imports
@@ -275,6 +306,7 @@ def test_every_bomb_together_keeps_memory_bounded(tmp_path: Path) -> None:
                 for name, (data, expected) in bombs.items():
                     status = client.post("/jobs", files={"file": (name, data)}).status_code
                     assert status == expected, (name, status)
+                assert client.post("/jobs", files=parts).status_code == 202
             elapsed = time.monotonic() - began
         grown_mib = (peak_rss_kib(process.popen.pid) - started) / 1024
     finally:
@@ -283,4 +315,5 @@ def test_every_bomb_together_keeps_memory_bounded(tmp_path: Path) -> None:
         f"{3 * len(bombs)} hostile uploads answered in {elapsed:.2f}s; "
         f"peak RSS +{grown_mib:.1f} MiB"
     )
-    assert grown_mib < MAX_IMAGE_BYTES / 2**20 + 96
+    # One image is in memory at a time; every part, archive and directory is read from disk.
+    assert grown_mib < MAX_IMAGE_BYTES / 2**20 + 48
