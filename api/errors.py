@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from api.schemas import ErrorBody, ErrorResponse
-from shared.errors import AppError, PredictTimeout
+from shared.errors import AppError, PredictTimeout, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(exc.http_status, exc.code, exc.message, details)
         if isinstance(exc, PredictTimeout):
             response.headers["Location"] = f"/jobs/{exc.job_id}"
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_seconds)))
         return response
 
     @app.exception_handler(RequestValidationError)

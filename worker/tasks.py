@@ -6,10 +6,8 @@ import logging
 import signal
 import threading
 import time
-from functools import lru_cache
 from typing import Any
 
-import httpx
 from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from shared.db.session import forget_inherited_connections, session_factory, session_scope
@@ -90,13 +88,7 @@ def _reconcile_forever() -> None:
 @celery_app.task(name=WEBHOOK_TASK, acks_late=True)
 def deliver_webhook(event_id: str) -> None:
     with log_context(event_id=event_id):
-        deliver(event_id, get_settings(), _http_client())
-
-
-@lru_cache(maxsize=1)
-def _http_client() -> httpx.Client:
-    # Redirects are not followed: a 3xx is a failed attempt, never a hop to another host.
-    return httpx.Client(timeout=get_settings().webhook_timeout_seconds, follow_redirects=False)
+        deliver(event_id, get_settings())
 
 
 def _dispatch_due_forever() -> None:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from api.auth import CallerDep
 from api.deps import SessionDep
 from api.errors import ERROR_RESPONSES
-from api.schemas import WebhookEventList, WebhookEventOut
+from api.schemas import ErrorResponse, WebhookEventList, WebhookEventOut
 from shared.db.models import WebhookEvent
 from shared.db.session import begin_write
 from shared.services.jobs import get_job
@@ -26,7 +26,15 @@ def list_events(job_id: str, session: SessionDep, caller: CallerDep) -> WebhookE
     return WebhookEventList(items=[WebhookEventOut.of(e) for e in events])
 
 
-@router.post("/redeliver", status_code=202, response_model=WebhookEventOut)
+@router.post(
+    "/redeliver",
+    status_code=202,
+    response_model=WebhookEventOut,
+    responses={
+        429: {"model": ErrorResponse, "description": "Redelivered less than 10 s ago"},
+        409: {"model": ErrorResponse, "description": "The job has no final event yet"},
+    },
+)
 def redeliver(job_id: str, session: SessionDep, caller: CallerDep) -> WebhookEventOut:
     """Send the job's final event again (same webhook-id), on a fresh retry schedule."""
     begin_write(session)

@@ -9,22 +9,23 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import httpx
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.db.models import WebhookAttempt, WebhookEvent, WebhookEventStatus, utcnow
 from shared.db.session import session_scope
-from shared.errors import Conflict, InvalidInput
+from shared.errors import Conflict, InvalidInput, RateLimited
 from shared.settings import Settings
 from shared.webhooks.events import FINAL_EVENTS, schedule_dispatch
-from shared.webhooks.guard import check_webhook_url, parse_networks
+from shared.webhooks.guard import Unresolvable, parse_networks
+from shared.webhooks.sender import Reply, post
 from shared.webhooks.signing import signature_header
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_SECONDS = 24 * 3600
+REDELIVER_INTERVAL_SECONDS = 10
 USER_AGENT = "intel-image-classifier-webhooks/1"
 
 
@@ -36,7 +37,7 @@ class Outcome:
     retry_in_seconds: float | None
 
 
-def deliver(event_id: str, settings: Settings, client: httpx.Client) -> Outcome | None:
+def deliver(event_id: str, settings: Settings) -> Outcome | None:
     """One attempt for a due event; None when it is not due, already done, or leased elsewhere."""
     lease = timedelta(seconds=settings.webhook_timeout_seconds + 30)
     now = utcnow()
@@ -58,15 +59,14 @@ def deliver(event_id: str, settings: Settings, client: httpx.Client) -> Outcome 
 
     started = time.perf_counter()
     attempted_at = utcnow()
-    response: httpx.Response | None = None
+    response: Reply | None = None
     error: str | None = None
     try:
-        check_webhook_url(url, parse_networks(settings.webhook_allowed_networks))
         timestamp = int(time.time())
-        response = client.post(
+        response = post(
             url,
-            content=body.encode(),
-            headers={
+            body.encode(),
+            {
                 "content-type": "application/json",
                 "user-agent": USER_AGENT,
                 "webhook-id": event_id,
@@ -75,13 +75,15 @@ def deliver(event_id: str, settings: Settings, client: httpx.Client) -> Outcome 
                     settings.webhook_secret_list, event_id, timestamp, body
                 ),
             },
+            allowed=parse_networks(settings.webhook_allowed_networks),
+            deadline_seconds=settings.webhook_timeout_seconds,
         )
+    except Unresolvable as exc:  # DNS trouble is often passing: retried like a failed attempt
+        error = exc.message
     except InvalidInput as exc:
         error = f"refused: {exc.message}"
-    except httpx.TimeoutException:
-        error = f"timed out after {settings.webhook_timeout_seconds:g}s"
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # whatever the receiver or the network did, it is one attempt
+        error = describe(exc)
     duration_ms = (time.perf_counter() - started) * 1000
 
     outcome = _decide(response, error, previous_attempts + 1, settings)
@@ -117,9 +119,12 @@ def deliver(event_id: str, settings: Settings, client: httpx.Client) -> Outcome 
     return outcome
 
 
-def _decide(
-    response: httpx.Response | None, error: str | None, attempt: int, settings: Settings
-) -> Outcome:
+def describe(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _decide(response: Reply | None, error: str | None, attempt: int, settings: Settings) -> Outcome:
     code = response.status_code if response is not None else None
     if code is not None and 200 <= code < 300:
         return Outcome(WebhookEventStatus.DELIVERED, code, None, None)
@@ -140,7 +145,7 @@ def _decide(
     return Outcome(WebhookEventStatus.PENDING, code, error, round(delay, 3))
 
 
-def _retry_after(response: httpx.Response | None) -> float | None:
+def _retry_after(response: Reply | None) -> float | None:
     value = response.headers.get("retry-after") if response is not None else None
     if not value:
         return None
@@ -173,6 +178,24 @@ def due_events(limit: int = 200) -> list[str]:
         )
 
 
+def _limit_redelivery(session: Session, event: WebhookEvent) -> None:
+    """One redelivery per event per REDELIVER_INTERVAL_SECONDS: a client cannot turn the
+    webhook worker into a load generator against a receiver, its own or another's."""
+    now = utcnow()
+    last_attempt = session.scalar(
+        select(func.max(WebhookAttempt.attempted_at)).where(WebhookAttempt.event_id == event.id)
+    )
+    requested = event.next_attempt_at if event.status == WebhookEventStatus.PENDING else None
+    latest = max((t for t in (last_attempt, requested) if t is not None), default=None)
+    if latest is not None and (now - latest).total_seconds() < REDELIVER_INTERVAL_SECONDS:
+        wait = REDELIVER_INTERVAL_SECONDS - (now - latest).total_seconds()
+        raise RateLimited(
+            f"this event was sent or requested {(now - latest).total_seconds():.0f}s ago; "
+            f"redeliver at most once every {REDELIVER_INTERVAL_SECONDS}s",
+            wait,
+        )
+
+
 def redeliver_final_event(session: Session, job_id: str) -> WebhookEvent:
     """Send a job's final event again, with the same webhook-id and a fresh retry schedule."""
     final = session.scalars(
@@ -185,6 +208,7 @@ def redeliver_final_event(session: Session, job_id: str) -> WebhookEvent:
         raise Conflict(
             f"job {job_id} has no final webhook event yet (no webhook_url, or not ended)"
         )
+    _limit_redelivery(session, final)
     final.status = WebhookEventStatus.PENDING
     final.attempts = 0
     final.next_attempt_at = utcnow()
