@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from api.schemas import ErrorBody, ErrorResponse
@@ -93,6 +94,15 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(status, HTTP_CODES.get(status, "http_error"), message)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
+        return response
+
+    @app.exception_handler(PoolTimeout)
+    async def database_busy(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.error("no database connection free: %s", exc)
+        response = error_response(
+            503, "database_busy", "every database connection is in use; retry shortly"
+        )
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(OperationalError)

@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(
         default=None, description="file:///path or s3://bucket/prefix; default DATA_DIR/uploads"
     )
+    database_pool_size: int = Field(
+        default=10, ge=1, description="Postgres connections each process keeps open"
+    )
+    database_max_overflow: int = Field(
+        default=10, ge=0, description="Extra Postgres connections a process may open at peaks"
+    )
+    database_pool_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Wait for a free connection before answering 503"
+    )
     host: str = "127.0.0.1"
     port: int = 9696
 

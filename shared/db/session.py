@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -12,17 +13,42 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 WRITE_OPTION = "intel_write_transaction"
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class PoolSize:
+    """Connections one process may hold (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW)."""
+
+    size: int = 10
+    overflow: int = 10
+    timeout_seconds: float = 10.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> PoolSize:
+        return cls(
+            settings.database_pool_size,
+            settings.database_max_overflow,
+            settings.database_pool_timeout_seconds,
+        )
+
+
+def make_engine(url: str, pool: PoolSize = PoolSize()) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         if parsed.drivername == "postgresql":
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # A request or task holds a connection only while its transaction is open, and
+        # waits at most `timeout_seconds` for one (then 503), never for as long as it likes.
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool.size,
+            max_overflow=pool.overflow,
+            pool_timeout=pool.timeout_seconds,
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -55,8 +81,8 @@ _engines: list[Engine] = []
 
 
 @lru_cache(maxsize=4)
-def engine_for(url: str) -> Engine:
-    engine = make_engine(url)
+def engine_for(url: str, pool: PoolSize = PoolSize()) -> Engine:
+    engine = make_engine(url, pool)
     _engines.append(engine)
     return engine
 
@@ -68,12 +94,13 @@ def forget_inherited_connections() -> None:
 
 
 def get_engine() -> Engine:
-    return engine_for(get_settings().resolved_database_url)
+    settings = get_settings()
+    return engine_for(settings.resolved_database_url, PoolSize.of(settings))
 
 
 @lru_cache(maxsize=4)
 def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url), expire_on_commit=False)
+    return sessionmaker(engine_for(url, PoolSize.of(get_settings())), expire_on_commit=False)
 
 
 def begin_write(session: Session) -> None:
