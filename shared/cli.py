@@ -354,11 +354,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [env PORT, default 9696].")] = None,
 ) -> None:
     """Migrate, then run the API, one worker and one webhook worker (embedded defaults)."""
-    import subprocess
-    import sys
-
     from shared.db.migrate import upgrade
     from shared.process import die_with_parent
+    from shared.supervisor import Supervisor
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -379,22 +377,33 @@ def serve(
     )
     # One machine: inference yields the CPU to the API, so uploads never wait on it.
     worker_env = {"WORKER_NICE": "10", **os.environ}
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "shared", "worker"], env=worker_env, preexec_fn=die_with_parent
-        ),
-        subprocess.Popen([sys.executable, "-m", "shared", "webhooks"], preexec_fn=die_with_parent),
-    ]
+    supervisor = Supervisor(preexec=die_with_parent)
+    supervisor.add("worker", [sys.executable, "-m", "shared", "worker"], worker_env)
+    supervisor.add("webhook worker", [sys.executable, "-m", "shared", "webhooks"])
+    supervisor.run_in_background()  # a worker that dies is started again, with backoff
     try:
         api(host=host, port=port)
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        supervisor.stop()
+
+
+@app.command()
+def alive(
+    role: Annotated[str, typer.Option(help="classify or webhooks")] = "classify",
+) -> None:
+    """Exit 0 if a ROLE worker on this host beat within WORKER_STALE_SECONDS (healthchecks)."""
+    import socket
+
+    from shared.db.session import session_scope
+    from shared.services.heartbeats import alive_on_host
+
+    settings = get_settings()
+    with session_scope(write=False) as session:
+        fine = alive_on_host(session, role, socket.gethostname(), settings.worker_stale_seconds)
+    if not fine:
+        typer.echo(f"no {role} worker on this host beat in {settings.worker_stale_seconds:g}s")
+        raise typer.Exit(1)
+    typer.echo("alive")
 
 
 def _redacted(url: str) -> str:

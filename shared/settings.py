@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     keep_uploads: bool = False
     requeue_after_seconds: float = Field(default=300.0, gt=0)
     batch_wait_ms: int = Field(default=20, ge=0, le=5000)
+    heartbeat_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often each worker writes its heartbeat"
+    )
+    worker_stale_seconds: float = Field(
+        default=30.0, gt=0, description="A worker not heard from this long counts as dead"
+    )
     max_item_attempts: int = Field(
         default=3,
         ge=1,

@@ -35,6 +35,13 @@ def test_compose_names_services_commands_ports_and_settings_that_exist() -> None
     assert services["api"]["ports"] == ["9696:9696"]
     assert "--port" in services["api"]["command"]
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("api", "worker", "webhooks"):
+        assert services[name]["restart"] == "unless-stopped"
+    for name, role in (("worker", "classify"), ("webhooks", "webhooks")):
+        probe = services[name]["healthcheck"]["test"]
+        assert probe[0] == "CMD"
+        _check_command(probe[1:])
+        assert probe[1:] == ["intel-classifier", "alive", "--role", role]
 
 
 def test_fly_runs_api_and_worker_as_separate_processes() -> None:
@@ -46,6 +53,8 @@ def test_fly_runs_api_and_worker_as_separate_processes() -> None:
     assert fly["http_service"]["internal_port"] == int(fly["env"]["PORT"]) == Settings().port
     assert set(fly["env"]) <= SETTINGS
     assert fly["env"]["AUTH_ENABLED"] == "true"
+    assert fly["checks"]["service_ready"]["path"] == "/readyz"
+    assert {p for r in fly["restart"] for p in r["processes"]} == set(fly["processes"])
 
 
 def test_dockerfile_copies_paths_that_exist() -> None:

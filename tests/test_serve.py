@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import image_bytes
 from tests.harness import Service, free_port, service_env, wait_for
+
+JPEG = image_bytes(size=(48, 48), fmt="JPEG", colour=(40, 90, 160))
 
 pytestmark = pytest.mark.model
 
@@ -44,3 +48,46 @@ def test_sigterm_to_serve_stops_its_workers(tmp_path: Path) -> None:
     assert "API keys are off (AUTH_ENABLED=false)" in serve.output()
     serve.stop(signal.SIGTERM)
     wait_for(lambda: not any(_alive(pid) for pid in children), 60, "the workers to exit")
+
+
+def _worker_pid(serve_pid: int) -> int:
+    for pid in _children(serve_pid):
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"worker" in command:
+            return pid
+    raise AssertionError("serve has no classification worker")
+
+
+def test_a_killed_worker_is_restarted_and_readiness_tracks_it(tmp_path: Path) -> None:
+    env = service_env(tmp_path, HEARTBEAT_INTERVAL_SECONDS="1", WORKER_STALE_SECONDS="4")
+    service = Service(env, tmp_path, free_port())
+    serve = service.start_serve()
+    try:
+        with service.client() as client:
+
+            def readiness() -> tuple[int, str]:
+                response = client.get("/readyz")
+                return response.status_code, response.json()["checks"].get("workers", "")
+
+            wait_for(lambda: readiness() == (200, "ok"), 60, "the worker's first heartbeat")
+            metrics = client.get("/metrics").text
+            assert 'intel_workers_alive{role="classify"} 1.0' in metrics
+            assert service.cli("alive", "--role", "classify").stdout.strip() == "alive"
+
+            killed = _worker_pid(serve.popen.pid)
+            os.kill(killed, signal.SIGKILL)
+            _, check = wait_for(
+                lambda: (r := readiness())[0] == 503 and r, 30, "readiness to notice"
+            )
+            assert "no classification worker alive in the last 4s" in check
+            wait_for(
+                lambda: "worker exited with code -9; restarting it in 1s" in serve.output(),
+                10,
+                "the supervisor to notice",
+            )
+            wait_for(lambda: readiness() == (200, "ok"), 120, "the restarted worker")
+            assert _worker_pid(serve.popen.pid) != killed
+            job = client.post("/jobs", files={"file": ("a.jpg", JPEG)}).json()
+            assert service.wait_job(job["id"], timeout=120)["status"] == "succeeded"
+    finally:
+        serve.stop(signal.SIGTERM)

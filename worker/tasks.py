@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from typing import Any
 
-from celery.signals import setup_logging, worker_process_init, worker_ready
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
+from shared.db.models import utcnow
 from shared.db.session import forget_inherited_connections, session_factory, session_scope
 from shared.logs import configure_logging, log_context
 from shared.process import die_with_parent
+from shared.services import heartbeats
 from shared.services.processing import requeue_stale
 from shared.services.retention import SweepReport, sweep
 from shared.settings import get_settings
@@ -51,6 +61,7 @@ def reconcile_once() -> list[str]:
     """Requeue what a dead worker or a lost message left behind, then enqueue those jobs."""
     with session_scope() as session:
         settings = get_settings()
+        heartbeats.prune(session, max(20 * settings.worker_stale_seconds, 3600))
         jobs = requeue_stale(session, settings.requeue_after_seconds, settings.max_item_attempts)
     # Only jobs with no message waiting get one: a backlog never grows duplicates.
     sent = [job_id for job_id in jobs if job_queue.enqueue(job_id)]
@@ -108,6 +119,51 @@ def _configure_logging(**_: Any) -> None:
     configure_logging(get_settings())
 
 
+class Heartbeat:
+    """Writes this process's heartbeat every HEARTBEAT_INTERVAL_SECONDS from a thread.
+
+    A classification worker beats from the pool child that holds the model, once
+    the model is loaded: a worker whose child cannot load it is not alive.
+    """
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.host = socket.gethostname()
+        self.name = f"{role}@{self.host}:{os.getpid()}"
+        self.started_at = utcnow()
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
+
+    def _run(self) -> None:
+        interval = get_settings().heartbeat_interval_seconds
+        while not self.stopped.is_set():
+            try:
+                with session_scope() as session:
+                    heartbeats.beat(session, self.name, self.role, self.host, self.started_at)
+            except Exception:  # a database outage: beat again next time
+                log.warning("heartbeat not written; retrying in %.0fs", interval, exc_info=True)
+            self.stopped.wait(interval)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            with session_scope() as session:
+                heartbeats.forget(session, self.name)
+        except Exception:
+            log.warning("heartbeat row left behind; it goes stale on its own", exc_info=True)
+
+
+_heartbeat: Heartbeat | None = None
+
+
+def _start_heartbeat(role: str) -> None:
+    global _heartbeat
+    _heartbeat = Heartbeat(role)
+    _heartbeat.start()
+
+
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
     # A pool child: it must not outlive the worker that owns its messages (a killed
@@ -116,6 +172,14 @@ def _load_model(**_: Any) -> None:
     forget_inherited_connections()
     if runtime.role == "classify":
         runtime.load()
+        _start_heartbeat("classify")
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _say_goodbye(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 @worker_ready.connect
@@ -124,3 +188,4 @@ def _start_background_loops(**_: Any) -> None:
         threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True).start()
     else:
         threading.Thread(target=_dispatch_due_forever, name="dispatcher", daemon=True).start()
+        _start_heartbeat("webhooks")

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.schemas import Health
-from shared.db.session import get_engine
+from shared.db.session import get_engine, session_scope
+from shared.services import heartbeats
 from shared.settings import get_settings
 
 router = APIRouter(tags=["health"])
@@ -23,8 +24,10 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz() -> JSONResponse:
-    """The database and the broker answer."""
+    """The database and the broker answer, and the workers that do the work are alive."""
     checks = {"database": _check_database(), "broker": _check_broker()}
+    if checks["database"] == "ok":
+        checks["workers"] = _check_workers()
     ready = all(value == "ok" for value in checks.values())
     body = Health(status="ok" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
@@ -36,6 +39,26 @@ def _check_database() -> str:
             connection.execute(text("SELECT 1"))
     except Exception as exc:
         return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+ROLE_NAMES = {"classify": "classification worker", "webhooks": "webhook worker"}
+
+
+def _check_workers() -> str:
+    settings = get_settings()
+    needed = ["classify"] + (["webhooks"] if settings.webhook_secret_list else [])
+    try:
+        with session_scope(write=False) as session:
+            alive = heartbeats.alive_counts(session, settings.worker_stale_seconds)
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    missing = [ROLE_NAMES[role] for role in needed if alive[role] == 0]
+    if missing:
+        return (
+            f"error: no {' and no '.join(missing)} alive in the last "
+            f"{settings.worker_stale_seconds:g}s (WORKER_STALE_SECONDS)"
+        )
     return "ok"
 
 

@@ -21,6 +21,8 @@ from sqlalchemy import func, select
 from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, MetricCounter, utcnow
 from shared.db.session import session_scope
+from shared.services import heartbeats
+from shared.settings import get_settings
 
 router = APIRouter(tags=["health"])
 
@@ -63,6 +65,7 @@ class DatabaseCollector:
             oldest: datetime | None = session.scalar(
                 select(func.min(Item.created_at)).where(Item.status == ItemStatus.QUEUED)
             )
+            workers = heartbeats.alive_counts(session, get_settings().worker_stale_seconds)
         stored = {(name, labels): value for name, labels, value in rows}
         yield from _counters(stored)
         yield from _histograms(stored)
@@ -80,6 +83,14 @@ class DatabaseCollector:
             "Items a worker holds now",
             value=float(item_counts.get(ItemStatus.RUNNING, 0)),
         )
+        alive = GaugeMetricFamily(
+            "intel_workers_alive",
+            "Workers whose heartbeat is fresher than WORKER_STALE_SECONDS, by role",
+            labels=["role"],
+        )
+        for role, count in workers.items():
+            alive.add_metric([role], float(count))
+        yield alive
         # UTCDateTime makes the MIN() aware on SQLite too.
         age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         yield GaugeMetricFamily(

@@ -246,3 +246,15 @@ class MetricCounter(Base):
     name: Mapped[str] = mapped_column(String(100))
     labels: Mapped[str] = mapped_column(String(200))  # canonical JSON object of label values
     value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class WorkerHeartbeat(Base):
+    """A worker process that says it is alive: written every few seconds while it runs."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # role@host:pid
+    role: Mapped[str] = mapped_column(String(16), index=True)  # "classify" or "webhooks"
+    host: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

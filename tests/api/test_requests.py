@@ -259,10 +259,17 @@ def test_openapi_declares_the_error_shape(client: httpx.Client) -> None:
             )
 
 
-def test_readiness_reports_database_and_broker(client: httpx.Client) -> None:
-    assert client.get("/readyz").json() == {
-        "status": "ok",
-        "checks": {"database": "ok", "broker": "ok"},
+def test_readiness_names_the_missing_worker(client: httpx.Client) -> None:
+    response = client.get("/readyz")  # this module runs an API and no worker
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {
+            "database": "ok",
+            "broker": "ok",
+            "workers": "error: no classification worker and no webhook worker alive in the "
+            "last 30s (WORKER_STALE_SECONDS)",
+        },
     }
 
 

@@ -55,6 +55,7 @@ TABLES = {
     "api_keys",
     "idempotency_keys",
     "metric_counters",
+    "worker_heartbeats",
     "alembic_version",
 }
 
