@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export BASE_WEIGHTS ?= $(if $(wildcard $(SHARED)/models/xception_imagenet_notop.weights.h5),$(SHARED)/models/xception_imagenet_notop.weights.h5,imagenet)
 
-.PHONY: setup run test bench lint typecheck pytest clean
+.PHONY: setup run test bench soak lint typecheck pytest clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ run: setup
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
+
+soak: setup
+	$(BIN)/pytest -m soak -s tests/soak $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

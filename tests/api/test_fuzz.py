@@ -30,6 +30,13 @@ CHECKS = [
 ]
 
 
+def checks_for(case: schemathesis.Case[Any]) -> list[Any]:
+    """/readyz answers its declared 503 here on purpose: no worker runs beside this API."""
+    if case.path == "/readyz":
+        return [check for check in CHECKS if check is not checks.not_a_server_error]
+    return CHECKS
+
+
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, str]]:
     data_dir = tmp_path_factory.mktemp("fuzz")
@@ -69,7 +76,7 @@ def test_no_500_and_every_response_matches_the_schema(
 ) -> None:
     service, key = fuzzed
     case.call_and_validate(
-        base_url=service.url, headers={"Authorization": f"Bearer {key}"}, checks=CHECKS
+        base_url=service.url, headers={"Authorization": f"Bearer {key}"}, checks=checks_for(case)
     )
 
 
@@ -79,7 +86,7 @@ def test_without_a_key_every_answer_is_a_declared_401_or_public(
     case: schemathesis.Case[Any], fuzzed: tuple[Service, str]
 ) -> None:
     service, _ = fuzzed
-    response = case.call_and_validate(base_url=service.url, checks=CHECKS)
+    response = case.call_and_validate(base_url=service.url, checks=checks_for(case))
     if case.path not in {"/healthz", "/readyz", "/metrics"}:
         assert response.status_code == 401, (case.method, case.path, response.text)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,21 @@ from worker.celery_app import QUEUE, JobQueue, make_celery, pending_marks
 from worker.pending import RedisMarks
 
 
+def _clear(url: str) -> None:
+    """Other tests' workers share this Redis database: leave no message or mark behind."""
+    client = redis.Redis.from_url(url)
+    client.delete(QUEUE, *client.keys(RedisMarks.PREFIX + "*"))
+
+
 @pytest.fixture(params=["redis", "embedded"])
-def queue_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+def queue_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(url).delete(QUEUE)
-        return Settings(redis_url=url, data_dir=tmp_path)
-    return Settings(data_dir=tmp_path)
+        _clear(url)
+        yield Settings(redis_url=url, data_dir=tmp_path)
+        _clear(url)
+        return
+    yield Settings(data_dir=tmp_path)
 
 
 def _waiting(settings: Settings) -> int:
@@ -51,3 +60,4 @@ def test_marks_are_lost_with_the_messages_they_stand_for(redis_url: str, tmp_pat
     client.delete(QUEUE, RedisMarks.PREFIX + job_id)  # what a Redis restart without AOF does
     assert queue.enqueue(job_id)  # the reconciler's enqueue goes through again
     assert client.llen(QUEUE) == 1
+    _clear(redis_url)
