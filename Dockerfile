@@ -7,10 +7,12 @@ WORKDIR /app
 
 # Dependencies first, so code changes do not reinstall TensorFlow.
 COPY pyproject.toml README.md ./
-RUN mkdir -p api worker shared client \
-    && touch api/__init__.py worker/__init__.py shared/__init__.py client/__init__.py \
+RUN mkdir -p intel_classifier api worker shared client \
+    && touch intel_classifier/__init__.py api/__init__.py worker/__init__.py shared/__init__.py \
+       client/__init__.py \
     && pip install -e '.[ml]'
 
+COPY intel_classifier intel_classifier
 COPY api api
 COPY worker worker
 COPY shared shared

@@ -7,11 +7,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
 from api.auth import Authentication
+from api.deps import get_queue
 from api.errors import install_error_handlers
 from api.hygiene import UrlHygiene
 from api.limits import UploadLimit
 from api.routes import health, jobs, metrics, page, predict, webhooks
 from shared.settings import get_settings
+from shared.webhooks.events import set_dispatcher
 
 # Uploaded parts go to disk past 64 KiB: at Starlette's 1 MiB default, one request of
 # 500 parts would hold 500 MiB in memory.
@@ -29,6 +31,8 @@ def create_app() -> FastAPI:
             "asynchronously: upload an image or a zip, poll the job, download results."
         ),
     )
+    # Webhook events the API commits (a cancel's final event) are enqueued after the commit.
+    set_dispatcher(get_queue().enqueue_webhook)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
     app.include_router(predict.router)

@@ -10,6 +10,7 @@ from fastapi import Depends
 from sqlalchemy.orm import Session
 
 from shared.db.session import session_factory
+from shared.queue import JobQueue
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 
@@ -23,6 +24,12 @@ def get_session() -> Iterator[Session]:
 
 
 @lru_cache(maxsize=1)
+def get_queue() -> JobQueue:
+    """The API sends job messages through the shared queue interface; it never sees a task."""
+    return JobQueue.for_settings(get_settings())
+
+
+@lru_cache(maxsize=1)
 def get_storage() -> Storage:
     return open_storage(get_settings().resolved_storage_url)
 
@@ -30,3 +37,4 @@ def get_storage() -> Storage:
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]

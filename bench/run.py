@@ -40,8 +40,8 @@ from shared.classifier.model import Precision, load_classifier
 from shared.classifier.preprocessing import preprocess
 from shared.db.models import JobStatus
 from shared.settings import DEFAULT_MODEL_PATH, PROJECT_ROOT, get_settings
-from tests.conftest import BASE_WEIGHTS_FILE, TRAIN_DIR, fresh_postgres_database
-from tests.harness import Service, free_port, service_env, wait_for
+from testkit.processes import Service, free_port, service_env, wait_for
+from testkit.resources import BASE_WEIGHTS_FILE, TRAIN_DIR, fresh_postgres_database
 
 BATCH_SIZES = (1, 8, 16, 32)
 CACHE_DIR = get_settings().cache_dir
@@ -167,7 +167,7 @@ def bench_service(
         env = service_env(work, DATABASE_URL=database_url, REDIS_URL=REDIS_URL, WORKER_NICE="10")
         env.pop("INFERENCE_BATCH_SIZE", None)  # the service's own default
         service = Service(env, work, free_port())
-        subprocess.run([sys.executable, "-m", "shared", "migrate"], env=env, check=True)
+        subprocess.run([sys.executable, "-m", "intel_classifier", "migrate"], env=env, check=True)
         try:
             api = service.start_api()
             worker = service.start_worker()

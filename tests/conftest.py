@@ -5,18 +5,23 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from shared.settings import PROJECT_ROOT, get_settings
+from shared.settings import get_settings
+from testkit.resources import (
+    BASE_WEIGHTS_FILE,
+    SHARED_DIR,
+    TEST_REDIS_URL,
+    TRAIN_DIR,
+    fresh_postgres_database,
+)
 
-SHARED_DIR = Path(os.environ.get("INTEL_SHARED_DIR", PROJECT_ROOT.parent / "shared")).resolve()
-BASE_WEIGHTS_FILE = SHARED_DIR / "models" / "xception_imagenet_notop.weights.h5"
-TRAIN_DIR = SHARED_DIR / "data" / "intel" / "train"
+__all__ = ["SHARED_DIR", "fresh_postgres_database"]  # re-exported for the test modules
+
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -67,42 +72,6 @@ def sample_dataset(source: Path, target: Path, per_class: int, offset: int = 0) 
     return target
 
 
-PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the real Postgres server; its absence fails the run."""
-    import uuid
-
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"intel_test_{uuid.uuid4().hex[:10]}"
-    admin = make_url(PG_ADMIN_URL)
-    try:
-        connection = psycopg.connect(
-            host=admin.host,
-            port=admin.port or 5432,
-            user=admin.username,
-            password=admin.password,
-            dbname=admin.database,
-            autocommit=True,
-            connect_timeout=5,
-        )
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required at {PG_ADMIN_URL}: {exc}")
-    with connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
-                hide_password=False
-            )
-        finally:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     with fresh_postgres_database() as url:
@@ -150,7 +119,7 @@ def holdout_sample(train_dir: Path, per_class: int) -> list[Any]:
 def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
     """`serve` on embedded defaults with AUTH_ENABLED, and a key: what a user runs locally."""
 
-    from tests.harness import Service, free_port, service_env
+    from testkit.processes import Service, free_port, service_env
 
     data_dir = tmp_path_factory.mktemp("keyed")
     service = Service(service_env(data_dir, AUTH_ENABLED="true"), data_dir, free_port())

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from shared.cli import app
+from intel_classifier.cli import app
 from shared.settings import PROJECT_ROOT, Settings
 
 SUBCOMMANDS = {command.name or command.callback.__name__ for command in app.registered_commands}  # type: ignore[union-attr]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.processes import Service, free_port, service_env, wait_for
 from tests.conftest import image_bytes
-from tests.harness import Service, free_port, service_env, wait_for
 
 JPEG = image_bytes(size=(48, 48), fmt="JPEG", colour=(40, 90, 160))
 

@@ -1,111 +1,13 @@
-"""The Celery application: Redis when REDIS_URL is set, else the embedded filesystem broker.
-
-Both run the same tasks with the same settings; messages carry job ids only,
-the database holds every state.
-"""
+"""The worker's Celery app: the shared queue interface, with this package's tasks on it."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import Celery
-
-from shared.settings import Settings, get_settings
+from shared.queue import JobQueue
+from shared.settings import get_settings
 from shared.webhooks.events import set_dispatcher
-from worker import fs_broker
-from worker.pending import FolderMarks, PendingMarks, RedisMarks
 
-CLASSIFY_TASK = "worker.tasks.classify_job"
-QUEUE = "classify"
-WEBHOOK_TASK = "worker.tasks.deliver_webhook"
-WEBHOOK_QUEUE = "webhooks"
+job_queue = JobQueue.for_settings(get_settings())
+celery_app = job_queue.app
 
-
-def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
-    if settings.redis_url:
-        # Past the visibility timeout an unacknowledged message is delivered again;
-        # tasks are short (a few batches) and idempotent, so a generous bound is safe.
-        return settings.redis_url, {"visibility_timeout": 3600}
-    folder = settings.broker_folder
-    for sub in ("queue", "processed", "control"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    return f"{fs_broker.ALIAS}://", {
-        "data_folder_in": str(folder / "queue"),
-        "data_folder_out": str(folder / "queue"),
-        "processed_folder": str(folder / "processed"),
-        "control_folder": str(folder / "control"),
-        "store_processed": False,
-        "polling_interval": 0.05,
-    }
-
-
-def make_celery(settings: Settings) -> Celery:
-    broker, options = broker_options(settings)
-    app = Celery("intel_classifier", broker=broker)
-    app.conf.update(
-        broker_transport_options=options,
-        broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-        # The model is loaded once per pool child at start; a child is replaced only
-        # when a task's hard time limit kills it, and the new one loads it again.
-        worker_max_tasks_per_child=None,
-        worker_proc_alive_timeout=600,
-    )
-    return app
-
-
-def pending_marks(settings: Settings) -> PendingMarks:
-    # Long enough for a message to wait out a backlog; short enough that a mark left by
-    # a process that died between marking and sending delays its job only so long.
-    ttl = max(6 * settings.requeue_after_seconds, 600.0)
-    if settings.redis_url:
-        return RedisMarks(settings.redis_url, ttl)
-    return FolderMarks(settings.broker_folder / "pending", ttl)
-
-
-class JobQueue:
-    """Wake-up messages for jobs, at most one waiting per job."""
-
-    def __init__(self, app: Celery, marks: PendingMarks) -> None:
-        self.app = app
-        self.marks = marks
-
-    def enqueue(self, job_id: str) -> bool:
-        """Send the job's message unless one is waiting already; True when one was sent."""
-        if not self.marks.set(job_id):
-            return False
-        try:
-            # By name, so the API never imports the task code.
-            self.app.send_task(CLASSIFY_TASK, args=[job_id], queue=QUEUE)
-        except BaseException:
-            self.marks.clear(job_id)
-            raise
-        return True
-
-    def taken(self, job_id: str) -> None:
-        """A task took the job's message: the next enqueue sends a new one."""
-        self.marks.clear(job_id)
-
-
-celery_app = make_celery(get_settings())
-job_queue = JobQueue(celery_app, pending_marks(get_settings()))
-
-
-def enqueue_job(job_id: str) -> None:
-    """Send a job's wake-up message, unless one is waiting already."""
-    job_queue.enqueue(job_id)
-
-
-def enqueue_webhook(event_id: str) -> None:
-    celery_app.send_task(WEBHOOK_TASK, args=[event_id], queue=WEBHOOK_QUEUE)
-
-
-# Every process that commits webhook events (API and workers) enqueues them after commit.
-set_dispatcher(enqueue_webhook)
+# Webhook events a worker commits are enqueued after the commit.
+set_dispatcher(job_queue.enqueue_webhook)

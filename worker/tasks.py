@@ -22,6 +22,7 @@ from shared.db.models import utcnow
 from shared.db.session import forget_inherited_connections, session_factory, session_scope
 from shared.logs import configure_logging, log_context
 from shared.process import die_with_parent
+from shared.queue import CLASSIFY_TASK, WEBHOOK_TASK
 from shared.services import heartbeats
 from shared.services.processing import requeue_stale
 from shared.services.retention import SweepReport, sweep
@@ -30,14 +31,7 @@ from shared.storage import open_storage
 from shared.webhooks.delivery import deliver, due_events
 from worker import runtime
 from worker.batching import process_job, time_limits
-from worker.celery_app import (
-    CLASSIFY_TASK,
-    WEBHOOK_TASK,
-    celery_app,
-    enqueue_job,
-    enqueue_webhook,
-    job_queue,
-)
+from worker.celery_app import celery_app, job_queue
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +48,7 @@ def classify_job(job_id: str) -> None:
     with log_context(job_id=job_id):
         job_queue.taken(job_id)
         if process_job(job_id, runtime.load()):
-            enqueue_job(job_id)  # more to do: a fresh message, so other jobs get their turn
+            job_queue.enqueue(job_id)  # more to do: a fresh message, so other jobs get their turn
 
 
 def reconcile_once() -> list[str]:
@@ -107,7 +101,7 @@ def _dispatch_due_forever() -> None:
     while True:
         try:
             for event_id in due_events():
-                enqueue_webhook(event_id)
+                job_queue.enqueue_webhook(event_id)
         except Exception:
             log.exception("webhook dispatcher pass failed")
         time.sleep(DISPATCH_INTERVAL_SECONDS)

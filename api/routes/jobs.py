@@ -13,7 +13,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from api.auth import CallerDep
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared.classifier.labels import CLASSES
@@ -23,7 +23,6 @@ from shared.services import jobs as job_service
 from shared.services.documents import job_document
 from shared.services.intake import Upload
 from shared.services.submission import submit_job
-from worker.celery_app import enqueue_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -57,6 +56,7 @@ def create(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
+    queue: QueueDep,
     caller: CallerDep,
     file: Annotated[UploadFile | None, File(description="One image or one .zip")] = None,
     files: Annotated[list[UploadFile] | None, File(description="More images or zips")] = None,
@@ -79,7 +79,7 @@ def create(
         storage,
         settings,
         uploads_of(file, files),
-        enqueue=enqueue_job,
+        enqueue=queue.enqueue,
         owner_id=caller.key_id,
         idempotency_key=idempotency_key,
         webhook_url=webhook_url,

@@ -62,7 +62,7 @@ def submit_job(
     settings: Settings,
     uploads: list[Upload],
     *,
-    enqueue: Callable[[str], None],
+    enqueue: Callable[[str], object],
     owner_id: str | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from shared.db.models import Job
+from testkit.processes import Service, free_port, running_api
 from tests.conftest import fresh_postgres_database, image_bytes, zip_bytes
-from tests.harness import Service, free_port, running_api
 
 JPEG = image_bytes(size=(64, 64), fmt="JPEG", colour=(30, 120, 200))
 OTHER = image_bytes(size=(64, 64), fmt="JPEG", colour=(200, 20, 20))

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from testkit.processes import Service, running_api
 from tests.conftest import fresh_postgres_database, image_bytes, zip_bytes
-from tests.harness import Service, running_api
 
 JPEG = image_bytes(size=(32, 32), fmt="JPEG", colour=(30, 120, 200))
 

@@ -16,7 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from tests.harness import Service, free_port, service_env
+from testkit.processes import Service, free_port, service_env
 
 MAX_EXAMPLES = 100
 # Not `positive_data_acceptance`: bytes that satisfy the schema are rarely an image,

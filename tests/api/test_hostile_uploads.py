@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.processes import Service, error_of, free_port, running_api, service_env
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, error_of, free_port, running_api, service_env
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 JPEG = image_bytes(size=(64, 64), fmt="JPEG", colour=(30, 120, 200))

@@ -18,8 +18,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from client import Client
 from shared.classifier.labels import CLASSES
 from shared.settings import PROJECT_ROOT
+from testkit.processes import Service
 from tests.conftest import holdout_sample, zip_bytes
-from tests.harness import Service
 
 pytestmark = pytest.mark.model
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from testkit.processes import running_api
 from tests.conftest import fresh_postgres_database, image_bytes
-from tests.harness import running_api
 
 JPEG = image_bytes(size=(32, 32), fmt="JPEG", colour=(30, 120, 200))
 BURST = 100

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.processes import Service, error_of, running_api, service_env
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, error_of, running_api, service_env
 
 LIMITS = {
     "MAX_UPLOAD_BYTES": "2000000",

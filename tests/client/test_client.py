@@ -14,8 +14,8 @@ import pytest
 
 from client import Client, ClientError, Job
 from shared.classifier.labels import CLASSES
+from testkit.processes import Service
 from tests.conftest import holdout_sample
-from tests.harness import Service
 
 pytestmark = pytest.mark.model
 
@@ -40,7 +40,7 @@ def photos(
 
 def run_cli(service: Service, key: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared", *args, "--server", service.url],
+        [sys.executable, "-m", "intel_classifier", *args, "--server", service.url],
         env={**service.env, "INTEL_CLASSIFIER_API_KEY": key},
         capture_output=True,
         text=True,

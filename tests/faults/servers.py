@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port, wait_for
+from testkit.processes import free_port, wait_for
 
 POSTGRES_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.processes import Service, free_port, service_env, wait_for
 from tests.conftest import image_bytes
-from tests.harness import Service, free_port, service_env, wait_for
 
 
 @pytest.fixture
@@ -102,7 +102,9 @@ def test_killed_while_storing_then_the_orphaned_files_are_swept(service: Service
         if not jobs_listed(service):
             break
         # The commit won the race against the kill; start over with a clean slate.
-        subprocess.run([sys.executable, "-m", "shared", "sweep"], env=service.env, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "intel_classifier", "sweep"], env=service.env, check=True
+        )
         for job_id in jobs_listed(service):
             httpx.delete(f"{service.url}/jobs/{job_id}")
         service.stop()
@@ -117,7 +119,7 @@ def test_killed_while_storing_then_the_orphaned_files_are_swept(service: Service
 
     time.sleep(1.2)  # past ORPHAN_GRACE_SECONDS
     swept = subprocess.run(
-        [sys.executable, "-m", "shared", "sweep"],
+        [sys.executable, "-m", "intel_classifier", "sweep"],
         env=service.env,
         check=True,
         capture_output=True,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.processes import Service, running_api
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, running_api
 
 TMPFS_BYTES = 2 * 1024 * 1024
 

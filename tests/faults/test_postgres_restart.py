@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from shared.db.models import Item, Job
+from testkit.processes import Service, running_api
 from tests.conftest import image_bytes, zip_bytes
 from tests.faults.servers import PrivatePostgres, private_postgres
-from tests.harness import Service, running_api
 
 ARCHIVE = zip_bytes({f"{i}.png": image_bytes(colour=(i, 80, 160)) for i in range(5)})
 

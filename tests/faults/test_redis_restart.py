@@ -21,9 +21,9 @@ from PIL import Image
 from sqlalchemy import create_engine, func, select
 
 from shared.db.models import Item, Job
+from testkit.processes import Service, free_port, service_env, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
 from tests.faults.servers import PrivateRedis, private_redis
-from tests.harness import Service, free_port, service_env, wait_for
 
 pytestmark = pytest.mark.model
 

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from shared.classifier.dataset import list_labelled_images
+from testkit.processes import Service, free_port, service_env, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
-from tests.harness import Service, free_port, service_env, wait_for
 
 pytestmark = pytest.mark.model
 

@@ -22,7 +22,7 @@ from tests.conftest import image_bytes, sample_dataset
 
 pytestmark = pytest.mark.model
 
-CLI = [sys.executable, "-m", "shared"]
+CLI = [sys.executable, "-m", "intel_classifier"]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

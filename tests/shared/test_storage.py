@@ -12,8 +12,8 @@ import pytest
 
 from shared.errors import UploadMissing
 from shared.storage import LocalStorage, S3Storage, Storage, open_storage
+from testkit.processes import Service, free_port, service_env
 from tests.conftest import image_bytes, zip_bytes
-from tests.harness import Service, free_port, service_env
 
 BUCKET = "intel-uploads"
 

@@ -22,9 +22,9 @@ from sqlalchemy import create_engine, func, select
 
 from shared.classifier.dataset import list_labelled_images
 from shared.db.models import Item
+from testkit.processes import Process, Service, free_port, service_env
 from tests.conftest import fresh_postgres_database, zip_bytes
 from tests.faults.servers import PrivateRedis, private_redis
-from tests.harness import Process, Service, free_port, service_env
 
 pytestmark = [pytest.mark.model, pytest.mark.soak]
 

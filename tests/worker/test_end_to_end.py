@@ -27,8 +27,8 @@ from shared.classifier.evaluation import select_holdout
 from shared.classifier.labels import CLASSES
 from shared.db.models import Batch, utcnow
 from shared.settings import DEFAULT_MODEL_PATH
+from testkit.processes import Service, free_port, service_env, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
-from tests.harness import Service, free_port, service_env, wait_for
 
 pytestmark = pytest.mark.model
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.processes import Service, running_api
 from tests.conftest import holdout_sample, zip_bytes
-from tests.harness import Service, running_api
 
 pytestmark = pytest.mark.model
 

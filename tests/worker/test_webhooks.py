@@ -19,8 +19,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from testkit.processes import Service, free_port, service_env, wait_for
 from tests.conftest import fresh_postgres_database, image_bytes
-from tests.harness import Service, free_port, service_env, wait_for
 
 SECRETS = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
 JPEG = image_bytes(size=(32, 32), fmt="JPEG")

@@ -71,7 +71,7 @@ class Service:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`intel-classifier ARGS` with this service's settings, output captured."""
         return subprocess.run(
-            [sys.executable, "-m", "shared", *args],
+            [sys.executable, "-m", "intel_classifier", *args],
             env=self.env,
             check=check,
             capture_output=True,
@@ -89,7 +89,7 @@ class Service:
         log = self.data_dir / f"{name}-{len(self.processes)}.log"
         stream = log.open("wb")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "shared", *args],
+            [sys.executable, "-m", "intel_classifier", *args],
             env=self.env,
             stdout=stream,
             stderr=subprocess.STDOUT,

@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from shared.db.models import new_id
+from shared.queue import QUEUE, JobQueue, make_celery, pending_marks
+from shared.queue_marks import RedisMarks
 from shared.settings import Settings
-from worker.celery_app import QUEUE, JobQueue, make_celery, pending_marks
-from worker.pending import RedisMarks
 
 
 def _clear(url: str) -> None:

@@ -1,4 +1,4 @@
-"""`intel-classifier`: the project's one command, with a subcommand per job."""
+"""`intel-classifier`: the project's one command, with a subcommand per process or job."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ app = typer.Typer(
 
 def _register_groups() -> None:
     from client.cli import register
-    from shared.commands_keys import keys_app
+    from intel_classifier.keys import keys_app
 
     app.add_typer(keys_app, name="keys")
     register(app)
@@ -305,6 +305,7 @@ def worker(
 ) -> None:
     """Run one classification worker: loads the model once, then takes batches."""
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
+    from shared.queue import QUEUE
     from worker.celery_app import celery_app
 
     if get_settings().worker_nice:
@@ -318,7 +319,7 @@ def worker(
             "--concurrency=1",
             f"--loglevel={loglevel}",
             "-Q",
-            "classify",
+            QUEUE,
         ]
     )
 
@@ -330,8 +331,9 @@ def webhooks(
 ) -> None:
     """Run one webhook delivery worker (no model; threads, so slow receivers do not block)."""
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
+    from shared.queue import WEBHOOK_QUEUE
     from worker import runtime
-    from worker.celery_app import WEBHOOK_QUEUE, celery_app
+    from worker.celery_app import celery_app
 
     runtime.role = "webhooks"
     celery_app.worker_main(
@@ -354,9 +356,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [env PORT, default 9696].")] = None,
 ) -> None:
     """Migrate, then run the API, one worker and one webhook worker (embedded defaults)."""
+    from intel_classifier.supervisor import Supervisor
     from shared.db.migrate import upgrade
     from shared.process import die_with_parent
-    from shared.supervisor import Supervisor
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -378,8 +380,8 @@ def serve(
     # One machine: inference yields the CPU to the API, so uploads never wait on it.
     worker_env = {"WORKER_NICE": "10", **os.environ}
     supervisor = Supervisor(preexec=die_with_parent)
-    supervisor.add("worker", [sys.executable, "-m", "shared", "worker"], worker_env)
-    supervisor.add("webhook worker", [sys.executable, "-m", "shared", "webhooks"])
+    supervisor.add("worker", [sys.executable, "-m", "intel_classifier", "worker"], worker_env)
+    supervisor.add("webhook worker", [sys.executable, "-m", "intel_classifier", "webhooks"])
     supervisor.run_in_background()  # a worker that dies is started again, with backoff
     try:
         api(host=host, port=port)

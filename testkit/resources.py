@@ -1,0 +1,49 @@
+"""Where ../shared lives, and the real Postgres and Redis the tests and benchmarks use."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shared.settings import PROJECT_ROOT
+
+SHARED_DIR = Path(os.environ.get("INTEL_SHARED_DIR", PROJECT_ROOT.parent / "shared")).resolve()
+BASE_WEIGHTS_FILE = SHARED_DIR / "models" / "xception_imagenet_notop.weights.h5"
+TRAIN_DIR = SHARED_DIR / "data" / "intel" / "train"
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the real Postgres server; its absence fails the run."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"intel_test_{uuid.uuid4().hex[:10]}"
+    admin = make_url(PG_ADMIN_URL)
+    try:
+        connection = psycopg.connect(
+            host=admin.host,
+            port=admin.port or 5432,
+            user=admin.username,
+            password=admin.password,
+            dbname=admin.database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(f"PostgreSQL is required at {PG_ADMIN_URL}: {exc}") from exc
+    with connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
+                hide_password=False
+            )
+        finally:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
