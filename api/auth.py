@@ -18,10 +18,10 @@ from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response
-from shared.db.session import session_scope
 from shared.errors import AppError, RateLimited
 from shared.services.keys import authenticate
 from shared.services.ratelimit import check_job_rate
+from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
 
 PUBLIC_PATHS = frozenset(

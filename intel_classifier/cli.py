@@ -396,8 +396,8 @@ def alive(
     """Exit 0 if a ROLE worker on this host beat within WORKER_STALE_SECONDS (healthchecks)."""
     import socket
 
-    from shared.db.session import session_scope
     from shared.services.heartbeats import alive_on_host
+    from shared.services.unit_of_work import session_scope
 
     settings = get_settings()
     with session_scope(write=False) as session:

@@ -4,7 +4,8 @@ Every API and worker process counts into the same rows, in the transaction that
 does the counted thing, so a rolled-back batch counts nothing and a scrape of any
 API process sees every worker's totals. Retention deletes jobs, never these rows,
 so counters only go up. Increments gather on the session and are written just
-before it commits, in one sorted order, so concurrent writers cannot deadlock.
+before it commits (by `shared.services.unit_of_work.commit`, visibly, not by a
+listener), in one sorted order, so concurrent writers cannot deadlock.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, MetricCounter
@@ -76,8 +76,8 @@ def _le(bound: float) -> str:
     return f"{bound:g}"
 
 
-@event.listens_for(Session, "before_commit")
-def _write_increments(session: Session) -> None:
+def write_increments(session: Session) -> None:
+    """Upsert the increments gathered on `session`; `unit_of_work.commit` calls it first."""
     pending: dict[tuple[str, str], float] | None = session.info.pop(_PENDING, None)
     if not pending:
         return
@@ -91,8 +91,7 @@ def _write_increments(session: Session) -> None:
         )
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_increments(session: Session) -> None:
+def discard_increments(session: Session) -> None:
     session.info.pop(_PENDING, None)
 
 

@@ -11,7 +11,6 @@ import numpy as np
 
 from shared.classifier.inference import decode_ahead, run_decoded, to_prediction
 from shared.classifier.preprocessing import preprocess
-from shared.db.session import session_scope
 from shared.errors import UploadMissing
 from shared.services.processing import (
     Claimed,
@@ -21,6 +20,7 @@ from shared.services.processing import (
     record_results,
     reuse_known_results,
 )
+from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
 from worker.runtime import Runtime
 

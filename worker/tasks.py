@@ -19,13 +19,14 @@ from celery.signals import (
 )
 
 from shared.db.models import utcnow
-from shared.db.session import forget_inherited_connections, session_factory, session_scope
+from shared.db.session import forget_inherited_connections, session_factory
 from shared.logs import configure_logging, log_context
 from shared.process import die_with_parent
 from shared.queue import CLASSIFY_TASK, WEBHOOK_TASK
 from shared.services import heartbeats
 from shared.services.processing import requeue_stale
 from shared.services.retention import SweepReport, sweep
+from shared.services.unit_of_work import session_scope
 from shared.settings import get_settings
 from shared.storage import open_storage
 from shared.webhooks.delivery import deliver, due_events

@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.schemas import Health
-from shared.db.session import get_engine, session_scope
+from shared.db.session import get_engine
 from shared.services import heartbeats
+from shared.services.unit_of_work import session_scope
 from shared.settings import get_settings
 
 router = APIRouter(tags=["health"])

@@ -18,11 +18,12 @@ from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared.classifier.labels import CLASSES
 from shared.db.models import Job, JobStatus
-from shared.db.session import session_scope
 from shared.services import jobs as job_service
+from shared.services import unit_of_work
 from shared.services.documents import job_document
 from shared.services.intake import Upload
 from shared.services.submission import submit_job
+from shared.services.unit_of_work import session_scope
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -176,7 +177,7 @@ def _jsonl_rows(job_id: str, owner: str | None) -> Iterator[str]:
 def cancel(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
     """Skip every item not yet classified; results made so far are kept."""
     job = job_service.cancel_job(session, job_id, caller.owner)
-    session.commit()
+    unit_of_work.commit(session)
     return job_out(session, job)
 
 

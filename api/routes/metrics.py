@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 
 from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, MetricCounter, utcnow
-from shared.db.session import session_scope
 from shared.services import heartbeats
+from shared.services.unit_of_work import session_scope
 from shared.settings import get_settings
 
 router = APIRouter(tags=["health"])

@@ -11,6 +11,7 @@ from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, WebhookEventList, WebhookEventOut
 from shared.db.models import WebhookEvent
 from shared.db.session import begin_write
+from shared.services import unit_of_work
 from shared.services.jobs import get_job
 from shared.webhooks.delivery import redeliver_final_event
 
@@ -40,5 +41,5 @@ def redeliver(job_id: str, session: SessionDep, caller: CallerDep) -> WebhookEve
     begin_write(session)
     get_job(session, job_id, caller.owner)
     event = redeliver_final_event(session, job_id)
-    session.commit()
+    unit_of_work.commit(session)
     return WebhookEventOut.of(event)

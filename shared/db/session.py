@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,19 +111,3 @@ def begin_write(session: Session) -> None:
             return  # already a write transaction
         raise RuntimeError("begin_write() must come before the transaction's first statement")
     session.connection(execution_options={WRITE_OPTION: True})
-
-
-@contextmanager
-def session_scope(write: bool = True) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    session = session_factory(get_settings().resolved_database_url)()
-    if write:
-        begin_write(session)
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

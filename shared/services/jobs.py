@@ -16,6 +16,7 @@ from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
 from shared.db.session import begin_write
 from shared.errors import Conflict, InvalidInput, NotFound
+from shared.services import unit_of_work
 from shared.services.intake import StagedItem, storage_prefix
 from shared.services.progress import refresh_job
 from shared.services.text_rules import unstorable
@@ -210,7 +211,7 @@ def delete_job(session: Session, storage: Storage, job_id: str, owner: str | Non
     get_job(session, job_id, owner)
     session.execute(delete(Item).where(Item.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
-    session.commit()
+    unit_of_work.commit(session)
     # Files go after the rows: a crash in between leaves orphans the sweeper removes,
     # never a job whose files are gone.
     storage.delete_prefix(storage_prefix(job_id))

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Batch, Item, Job, utcnow
 from shared.db.session import begin_write
+from shared.services import unit_of_work
 from shared.services.idempotency import forget_expired
 from shared.services.intake import storage_prefix
 from shared.settings import Settings
@@ -48,12 +49,12 @@ def delete_expired_jobs(
             )
         )
         if not job_ids:
-            session.rollback()
+            unit_of_work.rollback(session)
             return deleted
         session.execute(delete(Item).where(Item.job_id.in_(job_ids)))
         # Webhook events and their attempts go with the job (ON DELETE CASCADE).
         session.execute(delete(Job).where(Job.id.in_(job_ids)))
-        session.commit()
+        unit_of_work.commit(session)
         for job_id in job_ids:
             storage.delete_prefix(storage_prefix(job_id))
         deleted += len(job_ids)
@@ -69,7 +70,7 @@ def delete_orphaned_files(
     for start in range(0, len(old), 500):
         chunk = old[start : start + 500]
         known = set(session.scalars(select(Job.id).where(Job.id.in_(chunk))))
-        session.rollback()
+        unit_of_work.rollback(session)
         for prefix in chunk:
             if prefix not in known:
                 storage.delete_prefix(prefix)
@@ -87,7 +88,7 @@ def sweep(
     keys = forget_expired(session, settings.idempotency_ttl_seconds, now)
     cutoff = now - timedelta(seconds=settings.retention_seconds)
     batches = session.execute(delete(Batch).where(Batch.created_at < cutoff)).rowcount  # type: ignore[attr-defined]
-    session.commit()
+    unit_of_work.commit(session)
     report = SweepReport(jobs, orphans, keys, int(batches or 0))
     if any(vars(report).values()):
         log.info(

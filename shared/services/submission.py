@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from shared.db.models import Job, new_id
 from shared.db.session import begin_write
 from shared.errors import InvalidInput, LimitExceeded
+from shared.services import unit_of_work
 from shared.services.idempotency import earlier_job, idempotency_request, remember
 from shared.services.intake import Upload, stage_uploads, storage_prefix
 from shared.services.jobs import create_job
@@ -81,7 +82,7 @@ def submit_job(
     idempotency = idempotency_request(idempotency_key, owner_id, uploads, fields)
     if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
         return Submission(job, replayed=True)
-    session.rollback()  # end the read: the write transaction must be the next to begin
+    unit_of_work.rollback(session)  # end the read: the write transaction must be the next to begin
     parsed_metadata = parse_metadata(metadata)
     webhook = webhook_target(webhook_url, settings)
     events = parse_event_names(webhook_events)
@@ -100,15 +101,15 @@ def submit_job(
         )
         if idempotency is not None:
             remember(session, idempotency, job_id)
-        session.commit()
+        unit_of_work.commit(session)
     except IntegrityError:
-        session.rollback()
+        unit_of_work.rollback(session)
         storage.delete_prefix(storage_prefix(job_id))
         if idempotency is None or (job := earlier_job(session, idempotency)) is None:
             raise
         return Submission(job, replayed=True)  # a concurrent request with the key won
     except BaseException:
-        session.rollback()
+        unit_of_work.rollback(session)
         storage.delete_prefix(storage_prefix(job_id))
         raise
     try:

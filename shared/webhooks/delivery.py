@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.db.models import WebhookAttempt, WebhookEvent, WebhookEventStatus, utcnow
-from shared.db.session import session_scope
 from shared.errors import Conflict, InvalidInput, RateLimited
+from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
 from shared.webhooks.events import FINAL_EVENTS, schedule_dispatch
 from shared.webhooks.guard import Unresolvable, parse_networks

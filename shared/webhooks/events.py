@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, JobStatus, WebhookEvent, WebhookEventStatus, utcnow
@@ -98,8 +97,8 @@ def schedule_dispatch(session: Session, event_id: str) -> None:
     session.info.setdefault(_PENDING, []).append(event_id)
 
 
-@sa_event.listens_for(Session, "after_commit")
-def _dispatch_after_commit(session: Session) -> None:
+def dispatch_pending(session: Session) -> None:
+    """Enqueue the events `session` just committed; `unit_of_work.commit` calls it."""
     pending = session.info.pop(_PENDING, [])
     if not pending or _dispatcher is None:
         return
@@ -110,6 +109,5 @@ def _dispatch_after_commit(session: Session) -> None:
             log.exception("could not enqueue webhook event %s", event_id)
 
 
-@sa_event.listens_for(Session, "after_rollback")
-def _forget_after_rollback(session: Session) -> None:
+def discard_pending(session: Session) -> None:
     session.info.pop(_PENDING, None)

@@ -29,7 +29,7 @@ from shared.db.models import (
     new_id,
     utcnow,
 )
-from shared.db.session import engine_for, session_scope
+from shared.db.session import engine_for
 from shared.errors import Conflict
 from shared.services.intake import StagedItem
 from shared.services.jobs import cancel_job, create_job
@@ -43,6 +43,7 @@ from shared.services.processing import (
     reuse_known_results,
 )
 from shared.services.retention import sweep
+from shared.services.unit_of_work import session_scope
 from shared.settings import get_settings
 from shared.storage import LocalStorage
 

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus, WebhookAttempt, WebhookEvent, new_id, utcnow
-from shared.db.session import session_scope
+from shared.services.unit_of_work import session_scope
 from shared.settings import Settings, get_settings
 from shared.webhooks.delivery import Outcome, deliver
 
