@@ -15,10 +15,12 @@ from shared.errors import UploadMissing
 from shared.services.processing import (
     Claimed,
     ItemResult,
-    claim_items,
+    find_known_results,
+    mark_running,
     queued_count,
     record_results,
-    reuse_known_results,
+    record_started_events,
+    start_jobs,
 )
 from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
@@ -90,14 +92,14 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
                 )
             )
         with session_scope() as session:
-            record_results(
+            written = record_results(
                 session,
                 results,
                 worker=runtime.name,
                 inference_ms=inference_ms,
                 progress_interval_seconds=settings.webhook_progress_interval_seconds,
             )
-        _delete_uploads(runtime, [decoded.item for decoded in batch])
+        _delete_uploads(runtime, [d.item for d in batch if d.item.id in written])
         log.info(
             "batch of %d from %d job(s) in %.0f ms",
             len(batch),
@@ -132,12 +134,16 @@ class _Claim:
 
 
 def _claim_once(job_id: str, limit: int, runtime: Runtime) -> _Claim:
+    """One unit of work: claim items, start their jobs, settle repeats of known images."""
     version = runtime.classifier.version
     with session_scope() as session:
-        claimed = claim_items(session, job_id, limit, version)
-        reused, to_run = reuse_known_results(session, claimed, version, worker=runtime.name)
-    _delete_uploads(runtime, reused)
-    return _Claim(claimed, to_run)
+        claimed = mark_running(session, job_id, limit)
+        record_started_events(session, start_jobs(session, {c.job_id for c in claimed}, version))
+        known = find_known_results(session, claimed, version)
+        reused = record_results(session, known, worker=runtime.name, inference_ms=0.0, batch=False)
+    _delete_uploads(runtime, [c for c in claimed if c.id in reused])
+    settled = {result.id for result in known}
+    return _Claim(claimed, [c for c in claimed if c.id not in settled])
 
 
 def _delete_uploads(runtime: Runtime, items: list[Claimed]) -> None:

@@ -41,6 +41,14 @@ class ItemResult:
 
 
 def claim_items(session: Session, job_id: str, limit: int, model_version: str) -> list[Claimed]:
+    """The claim step a task runs: mark items running, then start the jobs they belong to."""
+    claimed = mark_running(session, job_id, limit)
+    started = start_jobs(session, {c.job_id for c in claimed}, model_version)
+    record_started_events(session, started)
+    return claimed
+
+
+def mark_running(session: Session, job_id: str, limit: int) -> list[Claimed]:
     """Mark up to `limit` queued items running: this job's first, then other jobs' fairly.
 
     Other jobs' items are taken lowest position first, so a one-image job is not
@@ -54,43 +62,62 @@ def claim_items(session: Session, job_id: str, limit: int, model_version: str) -
     ids = own + others
     if not ids:
         return []
-    now = utcnow()
     claimed = list(
         session.execute(
             update(Item)
             .where(Item.id.in_(ids), Item.status == ItemStatus.QUEUED)
-            .values(status=ItemStatus.RUNNING, started_at=now, attempts=Item.attempts + 1)
+            .values(status=ItemStatus.RUNNING, started_at=utcnow(), attempts=Item.attempts + 1)
             .returning(
                 Item.id, Item.job_id, Item.filename, Item.storage_key, Item.position, Item.sha256
             )
         ).all()
     )
     claimed.sort(key=lambda row: (row.job_id != job_id, row.position))
-    starting = session.scalars(
-        select(Job)
-        .where(Job.id.in_({row.job_id for row in claimed}), Job.status == JobStatus.QUEUED)
-        .with_for_update()
-    ).all()
-    for job in starting:
-        job.status, job.started_at, job.model_version = JobStatus.RUNNING, now, model_version
-        if "job.started" in (job.webhook_events or []):
-            record_event(session, job, "job.started")
     return [
         Claimed(row.id, row.job_id, row.filename, row.storage_key, row.sha256) for row in claimed
     ]
 
 
+def start_jobs(session: Session, job_ids: set[str], model_version: str) -> list[Job]:
+    """Jobs still queued become running, with the model version that runs them."""
+    starting = session.scalars(
+        select(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED).with_for_update()
+    ).all()
+    now = utcnow()
+    for job in starting:
+        job.status, job.started_at, job.model_version = JobStatus.RUNNING, now, model_version
+    return list(starting)
+
+
+def record_started_events(session: Session, jobs: list[Job]) -> None:
+    for job in jobs:
+        if "job.started" in (job.webhook_events or []):
+            record_event(session, job, "job.started")
+
+
 def reuse_known_results(
     session: Session, claimed: list[Claimed], model_version: str, *, worker: str
 ) -> tuple[list[Claimed], list[Claimed]]:
-    """Settle items whose bytes this model version already classified; (reused, still to run).
+    """The reuse step a task runs: find known results, record them; (reused, still to run)."""
+    known = find_known_results(session, claimed, model_version)
+    reused_ids = record_results(session, known, worker=worker, inference_ms=0.0, batch=False)
+    return (
+        [c for c in claimed if c.id in reused_ids],
+        [c for c in claimed if c.id not in reused_ids],
+    )
+
+
+def find_known_results(
+    session: Session, claimed: list[Claimed], model_version: str
+) -> list[ItemResult]:
+    """Results this model version already made for the same bytes of the same owner.
 
     Reuse stays inside the owner (the API key, or the pool of anonymous uploads):
     a result reused across keys would tell one tenant what another one sent.
     """
     hashes = {c.sha256 for c in claimed if c.sha256}
     if not hashes:
-        return [], claimed
+        return []
     owner_of = {
         row.id: row.owner_id
         for row in session.execute(
@@ -110,25 +137,22 @@ def reuse_known_results(
     )
     for row in rows:
         known.setdefault((row.owner_id, row.sha256), row)
-
-    def match(item: Claimed) -> Any:
-        return known.get((owner_of.get(item.job_id), item.sha256 or ""))
-
-    reused = [c for c in claimed if match(c) is not None]
-    results = [
-        ItemResult(
-            item.id,
-            item.job_id,
-            match(item).label,
-            match(item).confidence,
-            match(item).scores,
-            None,
-            reused_from=match(item).id,
-        )
-        for item in reused
-    ]
-    record_results(session, results, worker=worker, inference_ms=0.0, batch=False)
-    return reused, [c for c in claimed if match(c) is None]
+    results = []
+    for item in claimed:
+        match = known.get((owner_of.get(item.job_id), item.sha256 or ""))
+        if match is not None:
+            results.append(
+                ItemResult(
+                    item.id,
+                    item.job_id,
+                    match.label,
+                    match.confidence,
+                    match.scores,
+                    None,
+                    reused_from=match.id,
+                )
+            )
+    return results
 
 
 def _queued_ids(session: Session, limit: int, *criteria: object) -> list[str]:
@@ -150,10 +174,33 @@ def record_results(
     inference_ms: float,
     progress_interval_seconds: float = 10.0,
     batch: bool = True,
-) -> None:
-    """Write a batch's results (only over items still running) and settle their jobs."""
-    # Only items still running are written and counted: a cancel, or the reconciler's
-    # requeue of a slow batch, may have ended or moved some since they were claimed.
+) -> set[str]:
+    """The record step a task runs: write items, note the batch, settle the jobs.
+
+    Returns the ids it wrote: only their uploads are this run's to delete (another
+    run may hold an item the reconciler took back from this one).
+    """
+    batch_id = new_id() if batch else None
+    written = write_item_results(session, results, inference_ms, batch_id)
+    if not written:
+        return set()
+    if batch_id is not None:
+        record_batch(session, batch_id, written, worker=worker, inference_ms=inference_ms)
+    count_finished_items(session, written)
+    settle_jobs(session, written, progress_interval_seconds)
+    return {result.id for result in written}
+
+
+def write_item_results(
+    session: Session, results: list[ItemResult], inference_ms: float, batch_id: str | None
+) -> list[ItemResult]:
+    """Write results over items still running; the ones written.
+
+    A cancel, or the reconciler's requeue of a slow batch, may have ended or moved
+    some items since they were claimed: those are neither written nor counted.
+    """
+    if not results:
+        return []
     still_running = set(
         session.scalars(
             select(Item.id)
@@ -161,11 +208,9 @@ def record_results(
             .with_for_update()
         )
     )
-    results = [r for r in results if r.id in still_running]
-    if not results:
-        return
-    now = utcnow()
-    batch_id = new_id() if batch else None
+    written = [r for r in results if r.id in still_running]
+    if not written:
+        return []
     table = cast(Table, Item.__table__)
     session.connection().execute(
         table.update()
@@ -178,7 +223,7 @@ def record_results(
             error=bindparam("new_error"),
             reused_from=bindparam("new_reused_from"),
             batch_id=batch_id,
-            finished_at=now,
+            finished_at=utcnow(),
             inference_ms=inference_ms,
         ),
         [
@@ -191,27 +236,48 @@ def record_results(
                 "new_error": r.error,
                 "new_reused_from": r.reused_from,
             }
-            for r in results
+            for r in written
         ],
     )
-    if batch_id is not None:
-        size = sum(r.error is None for r in results)
-        session.add(
-            Batch(
-                id=batch_id,
-                worker=worker,
-                size=size,
-                jobs=len({r.job_id for r in results}),
-                inference_ms=inference_ms,
-                created_at=now,
-            )
+    return written
+
+
+def record_batch(
+    session: Session,
+    batch_id: str,
+    written: list[ItemResult],
+    *,
+    worker: str,
+    inference_ms: float,
+) -> None:
+    """One forward pass: a batch row and the batch histograms."""
+    size = sum(r.error is None for r in written)
+    session.add(
+        Batch(
+            id=batch_id,
+            worker=worker,
+            size=size,
+            jobs=len({r.job_id for r in written}),
+            inference_ms=inference_ms,
+            created_at=utcnow(),
         )
-        metrics.observe(session, metrics.BATCH_SIZE, size)
-        metrics.observe(session, metrics.BATCH_INFERENCE_SECONDS, inference_ms / 1000)
-    failed = sum(r.error is not None for r in results)
+    )
+    metrics.observe(session, metrics.BATCH_SIZE, size)
+    metrics.observe(session, metrics.BATCH_INFERENCE_SECONDS, inference_ms / 1000)
+
+
+def count_finished_items(session: Session, written: list[ItemResult]) -> None:
+    failed = sum(r.error is not None for r in written)
     metrics.items_finished(session, ItemStatus.FAILED, failed)
-    metrics.items_finished(session, ItemStatus.SUCCEEDED, len(results) - failed)
-    per_job = Counter(r.job_id for r in results)
+    metrics.items_finished(session, ItemStatus.SUCCEEDED, len(written) - failed)
+
+
+def settle_jobs(
+    session: Session, written: list[ItemResult], progress_interval_seconds: float
+) -> None:
+    """Recount each touched job, send its progress event, observe its items' latency."""
+    per_job = Counter(r.job_id for r in written)
+    now = utcnow()
     for job_id in sorted(per_job):  # one lock order: no deadlocks
         job = refresh_job(session, job_id)
         if job is not None:

@@ -127,7 +127,8 @@ def test_jobs_queued_across_a_redis_restart_all_finish(
                 RETENTION_SECONDS + 30,
                 "retention",
             )
-    assert not any((uploads / job_id).exists() for job_id in jobs)
+            # Rows go first, files right after the commit (never files of a live job).
+            wait_for(lambda job_id=job_id: not (uploads / job_id).exists(), 10, "its files")
     with database.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(Item)) == 0
         assert connection.scalar(select(func.count()).select_from(Job)) == 0
