@@ -7,12 +7,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
 from api.auth import Authentication
-from api.deps import get_queue
+from api.deps import Resources
 from api.errors import install_error_handlers
 from api.hygiene import UrlHygiene
 from api.limits import UploadLimit
 from api.routes import health, jobs, metrics, page, predict, webhooks
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.webhooks.events import set_dispatcher
 
 # Uploaded parts go to disk past 64 KiB: at Starlette's 1 MiB default, one request of
@@ -20,8 +20,10 @@ from shared.webhooks.events import set_dispatcher
 SPOOL_MAX_BYTES = 64 * 1024
 
 
-def create_app() -> FastAPI:
-    settings = get_settings()
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API; uvicorn calls it with no settings, and then they are read from the environment."""
+    settings = settings or get_settings()
+    resources = Resources.of(settings)
     MultiPartParser.spool_max_size = SPOOL_MAX_BYTES
     app = FastAPI(
         title="intel-image-classifier",
@@ -31,8 +33,9 @@ def create_app() -> FastAPI:
             "asynchronously: upload an image or a zip, poll the job, download results."
         ),
     )
+    app.state.resources = resources
     # Webhook events the API commits (a cancel's final event) are enqueued after the commit.
-    set_dispatcher(get_queue().enqueue_webhook)
+    set_dispatcher(resources.queue.enqueue_webhook)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
     app.include_router(predict.router)

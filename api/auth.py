@@ -71,7 +71,7 @@ class Authentication:
         try:
             if self.settings.auth_enabled:
                 header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-                key_id = await anyio.to_thread.run_sync(_key_id, header)
+                key_id = await anyio.to_thread.run_sync(_key_id, self.settings, header)
                 scope.setdefault("state", {})[STATE_KEY] = key_id
             if (scope["method"], scope["path"].rstrip("/")) in JOB_CREATING:
                 bucket = key_id or _client_address(scope)
@@ -92,8 +92,8 @@ class Authentication:
         await self.app(scope, receive, send)
 
 
-def _key_id(header: str) -> str:
-    with session_scope(write=False) as session:
+def _key_id(settings: Settings, header: str) -> str:
+    with session_scope(settings, write=False) as session:
         return authenticate(session, header or None).id
 
 

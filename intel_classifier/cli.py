@@ -264,8 +264,9 @@ def migrate() -> None:
     """Apply the database migrations (DATABASE_URL)."""
     from shared.db.migrate import upgrade
 
-    upgrade()
-    typer.echo(f"database at head: {_redacted(get_settings().resolved_database_url)}")
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    typer.echo(f"database at head: {_redacted(url)}")
 
 
 @app.command()
@@ -362,7 +363,7 @@ def serve(
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade()
+    upgrade(settings.resolved_database_url)
     if not settings.auth_enabled:
         typer.secho(
             "API keys are off (AUTH_ENABLED=false): anyone who reaches this port can use the "
@@ -400,7 +401,7 @@ def alive(
     from shared.services.unit_of_work import session_scope
 
     settings = get_settings()
-    with session_scope(write=False) as session:
+    with session_scope(settings, write=False) as session:
         fine = alive_on_host(session, role, socket.gethostname(), settings.worker_stale_seconds)
     if not fine:
         typer.echo(f"no {role} worker on this host beat in {settings.worker_stale_seconds:g}s")

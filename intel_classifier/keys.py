@@ -8,6 +8,7 @@ import typer
 
 from shared.services import keys as key_service
 from shared.services.unit_of_work import session_scope
+from shared.settings import get_settings
 
 keys_app = typer.Typer(help="API keys (used when AUTH_ENABLED=true).", no_args_is_help=True)
 
@@ -15,7 +16,7 @@ keys_app = typer.Typer(help="API keys (used when AUTH_ENABLED=true).", no_args_i
 @keys_app.command("create")
 def create(name: Annotated[str, typer.Option(help="Who or what the key is for.")]) -> None:
     """Make a key; it is printed once, on the last line, and never stored in the clear."""
-    with session_scope() as session:
+    with session_scope(get_settings()) as session:
         row, key = key_service.create_key(session, name)
         typer.echo(f"created key {row.prefix} ({row.name}, id {row.id}); keep it secret:", err=True)
     typer.echo(key)
@@ -24,7 +25,7 @@ def create(name: Annotated[str, typer.Option(help="Who or what the key is for.")
 @keys_app.command("list")
 def list_keys() -> None:
     """Every key: prefix, name, when it was made, and whether it is revoked."""
-    with session_scope(write=False) as session:
+    with session_scope(get_settings(), write=False) as session:
         rows = key_service.list_keys(session)
         typer.echo(f"{'PREFIX':<14} {'NAME':<24} {'CREATED':<20} {'REVOKED':<20} ID")
         for row in rows:
@@ -36,6 +37,6 @@ def list_keys() -> None:
 @keys_app.command("revoke")
 def revoke(key: Annotated[str, typer.Argument(help="The key's prefix, id or name.")]) -> None:
     """Revoke a key: requests with it get 401 from now on; its jobs are kept."""
-    with session_scope() as session:
+    with session_scope(get_settings()) as session:
         row = key_service.revoke_key(session, key)
         typer.echo(f"revoked {row.prefix} ({row.name})")

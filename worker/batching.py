@@ -91,7 +91,7 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
                     None,
                 )
             )
-        with session_scope() as session:
+        with session_scope(runtime.settings) as session:
             written = record_results(
                 session,
                 results,
@@ -106,7 +106,7 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
             len({d.item.job_id for d in batch}),
             inference_ms,
         )
-    with session_scope() as session:
+    with session_scope(runtime.settings) as session:
         return queued_count(session, job_id) > 0
 
 
@@ -136,7 +136,7 @@ class _Claim:
 def _claim_once(job_id: str, limit: int, runtime: Runtime) -> _Claim:
     """One unit of work: claim items, start their jobs, settle repeats of known images."""
     version = runtime.classifier.version
-    with session_scope() as session:
+    with session_scope(runtime.settings) as session:
         claimed = mark_running(session, job_id, limit)
         record_started_events(session, start_jobs(session, {c.job_id for c in claimed}, version))
         known = find_known_results(session, claimed, version)

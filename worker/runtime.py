@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 
 from shared.classifier.model import Classifier, load_classifier
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,10 @@ _runtime: Runtime | None = None
 role = "classify"
 
 
-def load() -> Runtime:
+def load(settings: Settings) -> Runtime:
     """Load the model once for this process; later calls return the same runtime."""
     global _runtime
     if _runtime is None:
-        settings = get_settings()
         classifier = load_classifier(
             settings.model_path,
             settings.base_weights,

@@ -27,19 +27,18 @@ from shared.services import heartbeats
 from shared.services.processing import requeue_stale
 from shared.services.retention import SweepReport, sweep
 from shared.services.unit_of_work import session_scope
-from shared.settings import get_settings
 from shared.storage import open_storage
 from shared.webhooks.delivery import deliver, due_events
 from worker import runtime
 from worker.batching import process_job, time_limits
-from worker.celery_app import celery_app, job_queue
+from worker.celery_app import celery_app, job_queue, settings
 
 log = logging.getLogger(__name__)
 
 DISPATCH_INTERVAL_SECONDS = 1.0
 
 
-_SOFT_LIMIT, _HARD_LIMIT = time_limits(get_settings())
+_SOFT_LIMIT, _HARD_LIMIT = time_limits(settings)
 
 
 @celery_app.task(
@@ -48,14 +47,13 @@ _SOFT_LIMIT, _HARD_LIMIT = time_limits(get_settings())
 def classify_job(job_id: str) -> None:
     with log_context(job_id=job_id):
         job_queue.taken(job_id)
-        if process_job(job_id, runtime.load()):
+        if process_job(job_id, runtime.load(settings)):
             job_queue.enqueue(job_id)  # more to do: a fresh message, so other jobs get their turn
 
 
 def reconcile_once() -> list[str]:
     """Requeue what a dead worker or a lost message left behind, then enqueue those jobs."""
-    with session_scope() as session:
-        settings = get_settings()
+    with session_scope(settings) as session:
         heartbeats.prune(session, max(20 * settings.worker_stale_seconds, 3600))
         jobs = requeue_stale(session, settings.requeue_after_seconds, settings.max_item_attempts)
     # Only jobs with no message waiting get one: a backlog never grows duplicates.
@@ -67,7 +65,6 @@ def reconcile_once() -> list[str]:
 
 def sweep_once() -> SweepReport:
     """Delete what retention says is over, and stored files that lost their job."""
-    settings = get_settings()
     session = session_factory(settings.resolved_database_url)()
     try:
         return sweep(session, open_storage(settings.resolved_storage_url), settings)
@@ -76,7 +73,6 @@ def sweep_once() -> SweepReport:
 
 
 def _reconcile_forever() -> None:
-    settings = get_settings()
     interval = min(max(settings.requeue_after_seconds / 4, 1.0), 60.0)
     interval = min(interval, settings.sweep_interval_seconds)
     next_sweep = 0.0
@@ -94,14 +90,14 @@ def _reconcile_forever() -> None:
 @celery_app.task(name=WEBHOOK_TASK, acks_late=True)
 def deliver_webhook(event_id: str) -> None:
     with log_context(event_id=event_id):
-        deliver(event_id, get_settings())
+        deliver(event_id, settings)
 
 
 def _dispatch_due_forever() -> None:
     """Send every pending webhook event that is due: retries, and sends whose enqueue was lost."""
     while True:
         try:
-            for event_id in due_events():
+            for event_id in due_events(settings):
                 job_queue.enqueue_webhook(event_id)
         except Exception:
             log.exception("webhook dispatcher pass failed")
@@ -111,7 +107,7 @@ def _dispatch_due_forever() -> None:
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
     # Connected, so Celery leaves the root logger to us: one format in every process.
-    configure_logging(get_settings())
+    configure_logging(settings)
 
 
 class Heartbeat:
@@ -132,10 +128,10 @@ class Heartbeat:
         threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
 
     def _run(self) -> None:
-        interval = get_settings().heartbeat_interval_seconds
+        interval = settings.heartbeat_interval_seconds
         while not self.stopped.is_set():
             try:
-                with session_scope() as session:
+                with session_scope(settings) as session:
                     heartbeats.beat(session, self.name, self.role, self.host, self.started_at)
             except Exception:  # a database outage: beat again next time
                 log.warning("heartbeat not written; retrying in %.0fs", interval, exc_info=True)
@@ -144,7 +140,7 @@ class Heartbeat:
     def stop(self) -> None:
         self.stopped.set()
         try:
-            with session_scope() as session:
+            with session_scope(settings) as session:
                 heartbeats.forget(session, self.name)
         except Exception:
             log.warning("heartbeat row left behind; it goes stale on its own", exc_info=True)
@@ -166,7 +162,7 @@ def _load_model(**_: Any) -> None:
     die_with_parent(signal.SIGKILL)
     forget_inherited_connections()
     if runtime.role == "classify":
-        runtime.load()
+        runtime.load(settings)
         _start_heartbeat("classify")
 
 

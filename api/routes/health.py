@@ -8,11 +8,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.deps import SettingsDep
 from api.schemas import Health
-from shared.db.session import get_engine
+from shared.db.session import PoolSize, engine_for
 from shared.services import heartbeats
 from shared.services.unit_of_work import session_scope
-from shared.settings import get_settings
+from shared.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -24,19 +25,20 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-def readyz() -> JSONResponse:
+def readyz(settings: SettingsDep) -> JSONResponse:
     """The database and the broker answer, and the workers that do the work are alive."""
-    checks = {"database": _check_database(), "broker": _check_broker()}
+    checks = {"database": _check_database(settings), "broker": _check_broker(settings)}
     if checks["database"] == "ok":
-        checks["workers"] = _check_workers()
+        checks["workers"] = _check_workers(settings)
     ready = all(value == "ok" for value in checks.values())
     body = Health(status="ok" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-def _check_database() -> str:
+def _check_database(settings: Settings) -> str:
     try:
-        with get_engine().connect() as connection:
+        engine = engine_for(settings.resolved_database_url, PoolSize.of(settings))
+        with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as exc:
         return f"error: {type(exc).__name__}"
@@ -46,11 +48,10 @@ def _check_database() -> str:
 ROLE_NAMES = {"classify": "classification worker", "webhooks": "webhook worker"}
 
 
-def _check_workers() -> str:
-    settings = get_settings()
+def _check_workers(settings: Settings) -> str:
     needed = ["classify"] + (["webhooks"] if settings.webhook_secret_list else [])
     try:
-        with session_scope(write=False) as session:
+        with session_scope(settings, write=False) as session:
             alive = heartbeats.alive_counts(session, settings.worker_stale_seconds)
     except Exception as exc:
         return f"error: {type(exc).__name__}"
@@ -63,8 +64,7 @@ def _check_workers() -> str:
     return "ok"
 
 
-def _check_broker() -> str:
-    settings = get_settings()
+def _check_broker(settings: Settings) -> str:
     try:
         if settings.redis_url:
             import redis

@@ -24,6 +24,7 @@ from shared.services.documents import job_document
 from shared.services.intake import Upload
 from shared.services.submission import submit_job
 from shared.services.unit_of_work import session_scope
+from shared.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -121,6 +122,7 @@ def get(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
 def results(
     job_id: str,
     session: SessionDep,
+    settings: SettingsDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
@@ -135,19 +137,22 @@ def results(
     job_service.get_job(session, job_id, caller.owner)  # 404 before the download starts
     if format is ResultFormat.CSV:
         return StreamingResponse(
-            _csv_rows(job_id, caller.owner),
+            _csv_rows(settings, job_id, caller.owner),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
         )
-    return StreamingResponse(_jsonl_rows(job_id, caller.owner), media_type="application/x-ndjson")
+    return StreamingResponse(
+        _jsonl_rows(settings, job_id, caller.owner), media_type="application/x-ndjson"
+    )
 
 
-def _csv_rows(job_id: str, owner: str | None) -> Iterator[str]:
+def _csv_rows(settings: Settings, job_id: str, owner: str | None) -> Iterator[str]:
     columns = ["filename", "status", "class", "confidence", *CLASSES, "error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
-    with session_scope(write=False) as session:
+    # Its own session: the download streams after the request's session has closed.
+    with session_scope(settings, write=False) as session:
         for item in job_service.iter_results(session, job_id, owner):
             scores = item.scores or {}
             writer.writerow(
@@ -167,8 +172,8 @@ def _csv_rows(job_id: str, owner: str | None) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-def _jsonl_rows(job_id: str, owner: str | None) -> Iterator[str]:
-    with session_scope(write=False) as session:
+def _jsonl_rows(settings: Settings, job_id: str, owner: str | None) -> Iterator[str]:
+    with session_scope(settings, write=False) as session:
         for item in job_service.iter_results(session, job_id, owner):
             yield json.dumps(ItemOut.of(item).model_dump(mode="json", by_alias=True)) + "\n"
 

@@ -18,11 +18,12 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
+from api.deps import SettingsDep
 from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, MetricCounter, utcnow
 from shared.services import heartbeats
 from shared.services.unit_of_work import session_scope
-from shared.settings import get_settings
+from shared.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -39,16 +40,19 @@ COUNTER_LABEL = {
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
 )
-def prometheus_metrics() -> Response:
+def prometheus_metrics(settings: SettingsDep) -> Response:
     """Jobs and items by final status, queue depth and age, batch and latency histograms."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector())
+    registry.register(DatabaseCollector(settings))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 class DatabaseCollector:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
     def collect(self) -> Iterator[Metric]:
-        with session_scope(write=False) as session:
+        with session_scope(self.settings, write=False) as session:
             rows = session.execute(
                 select(MetricCounter.name, MetricCounter.labels, MetricCounter.value)
             ).all()
@@ -65,7 +69,7 @@ class DatabaseCollector:
             oldest: datetime | None = session.scalar(
                 select(func.min(Item.created_at)).where(Item.status == ItemStatus.QUEUED)
             )
-            workers = heartbeats.alive_counts(session, get_settings().worker_stale_seconds)
+            workers = heartbeats.alive_counts(session, self.settings.worker_stale_seconds)
         stored = {(name, labels): value for name, labels, value in rows}
         yield from _counters(stored)
         yield from _histograms(stored)

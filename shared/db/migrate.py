@@ -5,19 +5,19 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from shared.settings import PROJECT_ROOT, get_settings
+from shared.settings import PROJECT_ROOT
 
 
-def alembic_config(url: str | None = None) -> Config:
+def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    config.set_main_option("sqlalchemy.url", url or get_settings().resolved_database_url)
+    config.set_main_option("sqlalchemy.url", url)
     return config
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def downgrade(url: str | None = None, revision: str = "base") -> None:
+def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)

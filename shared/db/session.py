@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 WRITE_OPTION = "intel_write_transaction"
 
@@ -91,14 +91,9 @@ def forget_inherited_connections() -> None:
         engine.dispose(close=False)
 
 
-def get_engine() -> Engine:
-    settings = get_settings()
-    return engine_for(settings.resolved_database_url, PoolSize.of(settings))
-
-
 @lru_cache(maxsize=4)
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url, PoolSize.of(get_settings())), expire_on_commit=False)
+def session_factory(url: str, pool: PoolSize = PoolSize()) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(url, pool), expire_on_commit=False)
 
 
 def begin_write(session: Session) -> None:

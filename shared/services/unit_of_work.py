@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from sqlalchemy.orm import Session
 
 from shared import metrics
-from shared.db.session import begin_write, session_factory
-from shared.settings import get_settings
+from shared.db.session import PoolSize, begin_write, session_factory
+from shared.settings import Settings
 from shared.webhooks import events
 
 
@@ -33,9 +33,9 @@ def rollback(session: Session) -> None:
 
 
 @contextmanager
-def session_scope(write: bool = True) -> Iterator[Session]:
-    """One unit of work: committed on success, rolled back on error."""
-    session = session_factory(get_settings().resolved_database_url)()
+def session_scope(settings: Settings, write: bool = True) -> Iterator[Session]:
+    """One unit of work on `settings`' database: committed on success, rolled back on error."""
+    session = session_factory(settings.resolved_database_url, PoolSize.of(settings))()
     if write:
         begin_write(session)
     try:

@@ -41,7 +41,7 @@ def deliver(event_id: str, settings: Settings) -> Outcome | None:
     """One attempt for a due event; None when it is not due, already done, or leased elsewhere."""
     lease = timedelta(seconds=settings.webhook_timeout_seconds + 30)
     now = utcnow()
-    with session_scope() as session:
+    with session_scope(settings) as session:
         claimed = session.execute(
             update(WebhookEvent)
             .where(
@@ -87,7 +87,7 @@ def deliver(event_id: str, settings: Settings) -> Outcome | None:
     duration_ms = (time.perf_counter() - started) * 1000
 
     outcome = _decide(response, error, previous_attempts + 1, settings)
-    with session_scope() as session:
+    with session_scope(settings) as session:
         session.add(
             WebhookAttempt(
                 event_id=event_id,
@@ -160,10 +160,10 @@ def _retry_after(response: Reply | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def due_events(limit: int = 200) -> list[str]:
+def due_events(settings: Settings, limit: int = 200) -> list[str]:
     """Pending events whose time has come and which no delivery holds."""
     now = utcnow()
-    with session_scope(write=False) as session:
+    with session_scope(settings, write=False) as session:
         return list(
             session.scalars(
                 select(WebhookEvent.id)

@@ -9,6 +9,7 @@ MAX_EXAMPLES per operation so CI spends well under a minute here.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,12 +54,12 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, 
 
 def served_schema() -> dict[str, Any]:
     """The schema the API serves at /openapi.json (built in-process: it is static)."""
-    from api.app import create_app
-    from shared.settings import get_settings
+    import tempfile
 
-    document = create_app().openapi()
-    get_settings.cache_clear()  # built before the test settings apply
-    return document
+    from api.app import create_app
+    from shared.settings import Settings
+
+    return create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="schema-")))).openapi()
 
 
 schema = schemathesis.openapi.from_dict(served_schema())

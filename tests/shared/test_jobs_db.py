@@ -6,7 +6,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from shared.services.processing import (
 )
 from shared.services.retention import sweep
 from shared.services.unit_of_work import session_scope
-from shared.settings import get_settings
+from shared.settings import Settings
 from shared.storage import LocalStorage
 
 TABLES = {
@@ -61,10 +61,17 @@ TABLES = {
 }
 
 
+# The settings every helper and test here works on: built, not read from the environment.
+SETTINGS = Settings()
+
+
+def scope(write: bool = True) -> AbstractContextManager[Session]:
+    return session_scope(SETTINGS, write)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def database(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    global SETTINGS
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'jobs.db'}"
         upgrade(url)
@@ -78,10 +85,8 @@ def database(
                     "CASCADE"
                 )
             )
-    monkeypatch.setenv("DATABASE_URL", url)
-    get_settings.cache_clear()
-    yield url
-    get_settings.cache_clear()
+    SETTINGS = Settings(database_url=url)
+    return url
 
 
 def test_migration_matches_the_models_and_round_trips(database: str) -> None:
@@ -110,7 +115,7 @@ def _job(
         StagedItem(new_id(), n + i, f"bad{i}.txt", 3, "1" * 64, None, "not an image")
         for i in range(failed)
     ]
-    with session_scope() as session:
+    with scope() as session:
         create_job(
             session,
             job_id,
@@ -135,7 +140,7 @@ def _results(
 
 
 def _job_row(job_id: str) -> Job:
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         job = session.get(Job, job_id)
         assert job is not None
         return job
@@ -143,10 +148,10 @@ def _job_row(job_id: str) -> Job:
 
 def test_claims_own_job_first_then_lowest_positions_of_others(database: str) -> None:
     big, single = _job(10), _job(1)
-    with session_scope() as session:
+    with scope() as session:
         first = claim_items(session, big, 4, "v1")
     assert [(c.job_id, c.filename) for c in first] == [(big, f"img{i}.jpg") for i in range(4)]
-    with session_scope() as session:
+    with scope() as session:
         other = claim_items(session, new_id(), 3, "v1")
     assert [(c.job_id, c.filename) for c in other] == [
         (single, "img0.jpg"),
@@ -160,11 +165,11 @@ def test_claims_own_job_first_then_lowest_positions_of_others(database: str) -> 
 def test_results_are_written_once_and_the_job_ends_with_the_right_status(database: str) -> None:
     job_id = _job(3, failed=1)
     assert _job_row(job_id).failed == 1  # the intake's failure counts from the start
-    with session_scope() as session:
+    with scope() as session:
         claimed = claim_items(session, job_id, 10, "v1")
-    with session_scope() as session:
+    with scope() as session:
         record_results(session, _results(claimed, fail={"img2.jpg"}), worker="w", inference_ms=5)
-    with session_scope() as session:  # a redelivered task writes the same batch again
+    with scope() as session:  # a redelivered task writes the same batch again
         record_results(session, _results(claimed, label="forest"), worker="w", inference_ms=5)
     job = _job_row(job_id)
     assert (job.status, job.succeeded, job.failed, job.total) == (
@@ -174,7 +179,7 @@ def test_results_are_written_once_and_the_job_ends_with_the_right_status(databas
         4,
     )
     assert job.finished_at is not None
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         labels = session.scalars(select(Item.label).where(Item.job_id == job_id)).all()
     assert sorted(str(label) for label in labels) == ["None", "None", "sea", "sea"]
 
@@ -182,9 +187,9 @@ def test_results_are_written_once_and_the_job_ends_with_the_right_status(databas
 def test_all_failed_is_failed_and_all_succeeded_is_succeeded(database: str) -> None:
     bad, good = _job(1), _job(2)
     for job_id, size, fail in ((bad, 1, {"img0.jpg"}), (good, 2, set())):
-        with session_scope() as session:
+        with scope() as session:
             claimed = claim_items(session, job_id, size, "v1")
-        with session_scope() as session:
+        with scope() as session:
             record_results(session, _results(claimed, fail=fail), worker="w", inference_ms=1)
     assert _job_row(bad).status == JobStatus.FAILED
     assert _job_row(good).status == JobStatus.SUCCEEDED
@@ -192,49 +197,49 @@ def test_all_failed_is_failed_and_all_succeeded_is_succeeded(database: str) -> N
 
 def test_cancel_ends_queued_and_running_items_and_keeps_finished_ones(database: str) -> None:
     job_id = _job(6)
-    with session_scope() as session:
+    with scope() as session:
         done = claim_items(session, job_id, 1, "v1")
-    with session_scope() as session:
+    with scope() as session:
         record_results(session, _results(done), worker="w", inference_ms=1)
-    with session_scope() as session:
+    with scope() as session:
         running = claim_items(session, job_id, 2, "v1")
-    with session_scope() as session:
+    with scope() as session:
         cancel_job(session, job_id, None)
-    with session_scope() as session:  # the batch in flight lands after the cancel: dropped
+    with scope() as session:  # the batch in flight lands after the cancel: dropped
         record_results(session, _results(running), worker="w", inference_ms=1)
-    with session_scope() as session:
+    with scope() as session:
         assert requeue_stale(session, 0, 3) == []  # nothing of a cancelled job comes back
     job = _job_row(job_id)
     assert (job.status, job.succeeded, job.skipped) == (JobStatus.CANCELLED, 1, 5)
-    with session_scope() as session, pytest.raises(Conflict, match="already finished"):
+    with scope() as session, pytest.raises(Conflict, match="already finished"):
         cancel_job(session, job_id, None)
 
 
 def test_reconciler_requeues_items_of_a_dead_worker(database: str) -> None:
     job_id = _job(2)
-    with session_scope() as session:
+    with scope() as session:
         claimed = claim_items(session, job_id, 2, "v1")
-    with session_scope() as session:
+    with scope() as session:
         assert requeue_stale(session, 60, 3) == []  # still within the deadline
-    with session_scope() as session:
+    with scope() as session:
         session.execute(
             update(Item)
             .where(Item.job_id == job_id)
             .values(started_at=utcnow() - timedelta(hours=1))
         )
-    with session_scope() as session:
+    with scope() as session:
         assert requeue_stale(session, 60, 3) == [job_id]
-    with session_scope() as session:
+    with scope() as session:
         again = claim_items(session, job_id, 5, "v1")
     assert {c.id for c in again} == {c.id for c in claimed}
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         attempts = session.scalars(select(Item.attempts).where(Item.job_id == job_id)).all()
     assert attempts == [2, 2]
 
 
 def test_an_item_that_outlives_its_workers_max_attempts_times_fails_alone(database: str) -> None:
     poison = _job(1)
-    with session_scope() as session:
+    with scope() as session:
         for attempt in range(3):
             assert claim_items(session, poison, 1, "v1"), attempt
             session.execute(
@@ -242,7 +247,7 @@ def test_an_item_that_outlives_its_workers_max_attempts_times_fails_alone(databa
             )  # its worker died holding it
             jobs = requeue_stale(session, 60, 3)
             assert jobs == ([poison] if attempt < 2 else [])
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         item = session.scalars(select(Item).where(Item.job_id == poison)).one()
     assert item.status == "failed"
     assert item.error is not None
@@ -254,15 +259,15 @@ def test_an_item_that_outlives_its_workers_max_attempts_times_fails_alone(databa
 def test_webhook_events_are_written_with_the_state_they_announce(database: str) -> None:
     job_id = _job(2, webhook_events=["job.started"])
     quiet = _job(1)  # no webhook_url: no events
-    with session_scope() as session:
+    with scope() as session:
         claimed = claim_items(session, job_id, 1, "v1")
-    with session_scope() as session:
+    with scope() as session:
         record_results(session, _results(claimed), worker="w", inference_ms=1)
-    with session_scope() as session:
+    with scope() as session:
         rest = claim_items(session, job_id, 5, "v1")
-    with session_scope() as session:
+    with scope() as session:
         record_results(session, _results(rest), worker="w", inference_ms=1)
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         events = session.scalars(select(WebhookEvent).order_by(WebhookEvent.created_at)).all()
         assert {e.job_id for e in events} == {job_id}
         assert [e.type for e in events] == ["job.started", "job.succeeded"]
@@ -275,32 +280,32 @@ def test_webhook_events_are_written_with_the_state_they_announce(database: str) 
 
 def test_identical_bytes_reuse_the_stored_result_of_the_same_model_version(database: str) -> None:
     first = _job(1)
-    with session_scope() as session:
+    with scope() as session:
         claimed = claim_items(session, first, 1, "v1")
-    with session_scope() as session:
+    with scope() as session:
         record_results(session, _results(claimed, label="glacier"), worker="w", inference_ms=1)
 
     again, other_model = _job(2), _job(1)  # every staged item has sha256 "000…"
-    with session_scope() as session:
+    with scope() as session:
         claimed = claim_items(session, again, 2, "v1")
         reused, to_run = reuse_known_results(session, claimed, "v1", worker="w")
     assert (len(reused), to_run) == (2, [])
     job = _job_row(again)
     assert (job.status, job.succeeded) == (JobStatus.SUCCEEDED, 2)
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         items = session.scalars(select(Item).where(Item.job_id == again)).all()
         assert {(i.label, i.reused_from is not None) for i in items} == {("glacier", True)}
-    with session_scope() as session:  # another model version must run the model again
+    with scope() as session:  # another model version must run the model again
         claimed = claim_items(session, other_model, 1, "v2")
         reused, to_run = reuse_known_results(session, claimed, "v2", worker="w")
     assert (reused, len(to_run)) == ([], 1)
 
 
 def test_known_results_are_reused_only_within_their_owner(database: str) -> None:
-    with session_scope() as session:
+    with scope() as session:
         owners = [create_key(session, name)[0].id for name in ("a", "b")]
     first = _job(1, owner_id=owners[0])
-    with session_scope() as session:
+    with scope() as session:
         claimed = claim_items(session, first, 1, "v1")
         record_results(session, _results(claimed, label="glacier"), worker="w", inference_ms=1)
 
@@ -309,7 +314,7 @@ def test_known_results_are_reused_only_within_their_owner(database: str) -> None
         _job(1, owner_id=owners[1]),
         _job(1),
     )  # the same bytes (sha256 "000…") from three callers
-    with session_scope() as session:
+    with scope() as session:
         claimed = claim_items(session, same_owner, 3, "v1")
         reused, to_run = reuse_known_results(session, claimed, "v1", worker="w")
     assert [c.job_id for c in reused] == [same_owner]
@@ -340,8 +345,8 @@ def _finished_job(session: Session, storage: LocalStorage, finished_ago: timedel
 
 def test_retention_deletes_old_jobs_with_everything_they_own(database: str, tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "uploads")
-    settings = get_settings().model_copy(update={"retention_seconds": 7 * 86_400})
-    with session_scope() as session:
+    settings = SETTINGS.model_copy(update={"retention_seconds": 7 * 86_400})
+    with scope() as session:
         expired = _finished_job(session, storage, timedelta(days=8))
         recent = _finished_job(session, storage, timedelta(hours=1))
         running = create_job(
@@ -351,10 +356,10 @@ def test_retention_deletes_old_jobs_with_everything_they_own(database: str, tmp_
         expired_job = session.get(Job, expired)
         assert expired_job is not None
         metrics.job_finished(session, expired_job)
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         report = sweep(session, storage, settings)
     assert report.jobs == 1
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         assert {j.id for j in session.scalars(select(Job))} == {recent, running.id}
         assert session.scalars(select(Item).where(Item.job_id == expired)).all() == []
         assert (
@@ -372,12 +377,12 @@ def test_sweep_removes_orphaned_files_and_expired_idempotency_keys(
     database: str, tmp_path: Path
 ) -> None:
     storage = LocalStorage(tmp_path / "uploads")
-    settings = get_settings().model_copy(update={"orphan_grace_seconds": 3600})
+    settings = SETTINGS.model_copy(update={"orphan_grace_seconds": 3600})
     two_hours_ago = time.time() - 7200
     for name in ("orphan-old", "orphan-young"):
         storage.put(f"{name}/x", io.BytesIO(b"abc"))
     os.utime(tmp_path / "uploads" / "orphan-old", (two_hours_ago, two_hours_ago))
-    with session_scope() as session:
+    with scope() as session:
         kept = _finished_job(session, storage, timedelta(minutes=1))
         for key, age in (("fresh", timedelta(hours=23)), ("stale", timedelta(hours=25))):
             session.add(
@@ -390,11 +395,11 @@ def test_sweep_removes_orphaned_files_and_expired_idempotency_keys(
                 )
             )
     os.utime(tmp_path / "uploads" / kept, (two_hours_ago, two_hours_ago))
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         report = sweep(session, storage, settings)
     assert (report.orphans, report.idempotency_keys) == (1, 1)
     assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == sorted(
         [kept, "orphan-young"]
     )
-    with session_scope(write=False) as session:
+    with scope(write=False) as session:
         assert [k.key for k in session.scalars(select(IdempotencyKey))] == ["fresh"]

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus, WebhookAttempt, WebhookEvent, new_id, utcnow
 from shared.services.unit_of_work import session_scope
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.webhooks.delivery import Outcome, deliver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -137,24 +137,21 @@ def gzip_bomb(connection: socket.socket, server: Server) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def settings(tmp_path: Path) -> Settings:
     url = f"sqlite:///{tmp_path / 'hooks.db'}"
     upgrade(url)
-    monkeypatch.setenv("DATABASE_URL", url)
-    get_settings.cache_clear()
-    yield Settings(
+    return Settings(
         database_url=url,
         webhook_secrets=SECRET,
         webhook_allowed_networks="127.0.0.0/8",
         webhook_timeout_seconds=2,
         webhook_retry_schedule="1,1",
     )
-    get_settings.cache_clear()
 
 
-def event_for(url: str) -> str:
+def event_for(settings: Settings, url: str) -> str:
     job_id, event_id = new_id(), f"msg_{new_id().replace('-', '')}"
-    with session_scope() as session:
+    with session_scope(settings) as session:
         session.add(
             Job(id=job_id, status=JobStatus.CANCELLED, created_at=utcnow(), webhook_url=url)
         )
@@ -175,8 +172,8 @@ def event_for(url: str) -> str:
     return event_id
 
 
-def attempts_of(event_id: str) -> list[WebhookAttempt]:
-    with session_scope(write=False) as session:
+def attempts_of(settings: Settings, event_id: str) -> list[WebhookAttempt]:
+    with session_scope(settings, write=False) as session:
         return list(
             session.scalars(select(WebhookAttempt).where(WebhookAttempt.event_id == event_id))
         )
@@ -187,7 +184,7 @@ def test_slow_drip_endless_body_and_gzip_bomb_end_in_bounded_time_and_memory(
 ) -> None:
     dripping, flooding, bombing, normal = serve(drip), serve(endless), serve(gzip_bomb), serve(ok)
     events = {
-        name: event_for(server.url())
+        name: event_for(settings, server.url())
         for name, server in {
             "drip": dripping,
             "endless": flooding,
@@ -215,7 +212,7 @@ def test_slow_drip_endless_body_and_gzip_bomb_end_in_bounded_time_and_memory(
     assert drip_outcome.status == "pending"
     assert "no complete answer within 2s (WEBHOOK_TIMEOUT_SECONDS)" in (drip_outcome.error or "")
     assert not dripping.stop.is_set()  # it was still dripping when the attempt ended
-    assert attempts_of(events["drip"])[0].duration_ms < 2 * 1000 + 1500
+    assert attempts_of(settings, events["drip"])[0].duration_ms < 2 * 1000 + 1500
     # The endless body was dropped after a few KiB (the server's send buffer holds the rest).
     time.sleep(0.5)
     assert flooding.bytes_sent < 64 * 2**20
@@ -237,7 +234,7 @@ def test_the_sender_connects_only_to_the_address_the_guard_approved(
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     allowed = settings.model_copy(update={"webhook_allowed_networks": "127.0.0.2/32"})
-    outcome = deliver(event_for(f"http://rebind.test:{approved.port}/hook"), allowed)
+    outcome = deliver(event_for(settings, f"http://rebind.test:{approved.port}/hook"), allowed)
     assert outcome is not None
     assert outcome.status == "delivered"
     assert (approved.hits, internal.hits) == (1, 0)
@@ -254,14 +251,14 @@ def test_a_dns_failure_is_retried_and_a_refused_address_is_final(
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", flaky)
-    retried = deliver(event_for("http://flaky.test/hook"), settings)
+    retried = deliver(event_for(settings, "http://flaky.test/hook"), settings)
     assert retried is not None
     assert retried.status == "pending"
     assert retried.retry_in_seconds is not None
     assert "does not resolve" in (retried.error or "")
 
     private = settings.model_copy(update={"webhook_allowed_networks": ""})
-    refused = deliver(event_for("http://127.0.0.1:9/hook"), private)
+    refused = deliver(event_for(settings, "http://127.0.0.1:9/hook"), private)
     assert refused is not None
     assert refused.status == "failed"
     assert refused.retry_in_seconds is None
@@ -269,9 +266,11 @@ def test_a_dns_failure_is_retried_and_a_refused_address_is_final(
 
 
 def test_a_url_neither_side_can_parse_becomes_a_recorded_final_attempt(settings: Settings) -> None:
-    event_id = event_for("http://127.0.0.1:9/a\x01b")  # stored before the guard knew better
+    event_id = event_for(
+        settings, "http://127.0.0.1:9/a\x01b"
+    )  # stored before the guard knew better
     outcome = deliver(event_id, settings)
     assert outcome is not None
     assert outcome.status == "failed"
-    [attempt] = attempts_of(event_id)
+    [attempt] = attempts_of(settings, event_id)
     assert "control characters" in (attempt.error or "")
