@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.classifier.inference import decode_ahead, run_decoded, to_prediction
+from shared.classifier.inference import infer_batches, to_prediction
 from shared.classifier.preprocessing import preprocess
 from shared.errors import UploadMissing
 from shared.services.processing import (
@@ -65,49 +65,46 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
         data = runtime.storage.get(item.storage_key)
         return preprocess(data, item.filename, classifier.input_size, settings.max_image_pixels)
 
-    for batch in decode_ahead(
-        claims(), decode, batch_size, settings.decode_workers, settings.decode_timeout_seconds
-    ):
-        started = time.perf_counter()
-        outputs = run_decoded(batch, classifier.predict)
-        inference_ms = (time.perf_counter() - started) * 1000
-        results = []
-        for decoded, output in zip(batch, outputs, strict=True):
-            item = decoded.item
-            if isinstance(output, str):
-                log.warning(
-                    "item failed: %s", output, extra={"job_id": item.job_id, "item_id": item.id}
-                )
-                results.append(ItemResult(item.id, item.job_id, None, None, None, output))
-                continue
-            prediction = to_prediction(item.filename, output, classifier.classes)
-            results.append(
-                ItemResult(
-                    item.id,
-                    item.job_id,
-                    prediction.label,
-                    prediction.confidence,
-                    prediction.scores,
-                    None,
-                )
-            )
+    batches = infer_batches(
+        claims(),
+        decode,
+        classifier.predict,
+        batch_size=batch_size,
+        workers=settings.decode_workers,
+        decode_timeout_seconds=settings.decode_timeout_seconds,
+    )
+    for batch in batches:
+        results = [
+            _result(item, output, classifier.classes)
+            for item, output in zip(batch.items, batch.outputs, strict=True)
+        ]
         with session_scope(runtime.settings) as session:
             written = record_results(
                 session,
                 results,
                 worker=runtime.name,
-                inference_ms=inference_ms,
+                inference_ms=batch.inference_ms,
                 progress_interval_seconds=settings.webhook_progress_interval_seconds,
             )
-        _delete_uploads(runtime, [d.item for d in batch if d.item.id in written])
+        _delete_uploads(runtime, [item for item in batch.items if item.id in written])
         log.info(
             "batch of %d from %d job(s) in %.0f ms",
-            len(batch),
-            len({d.item.job_id for d in batch}),
-            inference_ms,
+            len(batch.items),
+            len({item.job_id for item in batch.items}),
+            batch.inference_ms,
         )
     with session_scope(runtime.settings) as session:
         return queued_count(session, job_id) > 0
+
+
+def _result(item: Claimed, output: np.ndarray | str, classes: tuple[str, ...]) -> ItemResult:
+    if isinstance(output, str):
+        log.warning("item failed: %s", output, extra={"job_id": item.job_id, "item_id": item.id})
+        return ItemResult(item.id, item.job_id, None, None, None, output)
+    prediction = to_prediction(item.filename, output, classes)
+    return ItemResult(
+        item.id, item.job_id, prediction.label, prediction.confidence, prediction.scores, None
+    )
 
 
 def _claim(job_id: str, batch_size: int, runtime: Runtime) -> list[Claimed]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from shared.classifier.augment import Augmentation
 from shared.classifier.engine import Engine
-from shared.classifier.inference import decode_ahead, run_decoded
+from shared.classifier.inference import infer_batches
 from shared.classifier.model import FEATURE_DIM
 from shared.classifier.preprocessing import open_image, resize, scale_pixels
 
@@ -120,8 +120,9 @@ def _run_chunk(
 
     rows: list[np.ndarray] = []
     readable: list[bool] = []
-    for batch in decode_ahead(zip(paths, hashes, strict=True), decode, batch_size, workers):
-        for output in run_decoded(batch, engine):
+    pairs = zip(paths, hashes, strict=True)
+    for batch in infer_batches(pairs, decode, engine, batch_size=batch_size, workers=workers):
+        for output in batch.outputs:
             if isinstance(output, str):
                 readable.append(False)
                 rows.append(np.zeros(FEATURE_DIM, np.float32))

@@ -9,6 +9,7 @@ of the batch until the culprit is found.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -138,6 +139,32 @@ def run_decoded(
     return outputs
 
 
+@dataclass(frozen=True)
+class InferredBatch(Generic[T]):
+    """One forward pass: each item with its output row or the reason it has none."""
+
+    items: list[T]
+    outputs: list[np.ndarray | str]
+    inference_ms: float
+
+
+def infer_batches(
+    items: Iterable[T],
+    decode: Callable[[T], np.ndarray],
+    run: Callable[[np.ndarray], np.ndarray],
+    *,
+    batch_size: int,
+    workers: int,
+    decode_timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
+) -> Iterator[InferredBatch[T]]:
+    """The one batched-inference loop: the CLI, evaluation, feature caching and workers use it."""
+    for batch in decode_ahead(items, decode, batch_size, workers, decode_timeout_seconds):
+        started = time.perf_counter()
+        outputs = run_decoded(batch, run)
+        inference_ms = (time.perf_counter() - started) * 1000
+        yield InferredBatch([decoded.item for decoded in batch], outputs, inference_ms)
+
+
 def predict_stream(
     classifier: Classifier,
     items: Iterable[tuple[str, bytes]],
@@ -152,9 +179,10 @@ def predict_stream(
         name, data = item
         return preprocess(data, name, classifier.input_size, max_pixels)
 
-    for batch in decode_ahead(items, decode, batch_size, workers):
-        for decoded, output in zip(batch, run_decoded(batch, classifier.predict), strict=True):
-            name = decoded.item[0]
+    for batch in infer_batches(
+        items, decode, classifier.predict, batch_size=batch_size, workers=workers
+    ):
+        for (name, _), output in zip(batch.items, batch.outputs, strict=True):
             if isinstance(output, str):
                 yield Prediction(name, None, None, None, output)
             else:
