@@ -121,3 +121,11 @@ class PredictTimeout(AppError):
     def __init__(self, message: str, job_id: str) -> None:
         super().__init__(message)
         self.job_id = job_id
+
+
+def describe(exc: BaseException) -> str:
+    """The reason a failure records: our own message, or the exception's type and text."""
+    if isinstance(exc, AppError):
+        return exc.message
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

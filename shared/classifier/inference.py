@@ -21,7 +21,7 @@ import numpy as np
 
 from shared.classifier.model import Classifier
 from shared.classifier.preprocessing import preprocess
-from shared.errors import AppError
+from shared.errors import describe
 
 T = TypeVar("T")
 
@@ -52,14 +52,6 @@ class Prediction:
         return self.error is None
 
 
-def describe_failure(exc: BaseException) -> str:
-    """The reason an item records: our own message, or the exception's type and text."""
-    if isinstance(exc, AppError):
-        return exc.message
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def decode_ahead(
     items: Iterable[T],
     decode: Callable[[T], np.ndarray],
@@ -78,7 +70,7 @@ def decode_ahead(
         try:
             return Decoded(item, decode(item), None)
         except Exception as exc:  # any failure of one image is that image's alone
-            return Decoded(item, None, describe_failure(exc))
+            return Decoded(item, None, describe(exc))
 
     iterator = iter(items)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
@@ -122,7 +114,7 @@ def run_isolated(
     except Exception as exc:
         if len(arrays) == 1:
             log.warning("forward pass failed for one item: %s", exc)
-            return [f"inference failed: {describe_failure(exc)}"]
+            return [f"inference failed: {describe(exc)}"]
     middle = len(arrays) // 2
     return run_isolated(arrays[:middle], run) + run_isolated(arrays[middle:], run)
 

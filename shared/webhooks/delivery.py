@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.db.models import WebhookAttempt, WebhookEvent, WebhookEventStatus, utcnow
-from shared.errors import Conflict, InvalidInput, RateLimited
+from shared.errors import Conflict, InvalidInput, RateLimited, describe
 from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
 from shared.webhooks.events import FINAL_EVENTS, schedule_dispatch
@@ -117,11 +117,6 @@ def deliver(event_id: str, settings: Settings) -> Outcome | None:
         metrics.count(session, metrics.WEBHOOK_ATTEMPTS, outcome=str(outcome_label))
     log.info("webhook %s to %s: %s", event_id, url, outcome)
     return outcome
-
-
-def describe(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _decide(response: Reply | None, error: str | None, attempt: int, settings: Settings) -> Outcome:
