@@ -15,12 +15,10 @@ from shared.errors import UploadMissing
 from shared.services.processing import (
     Claimed,
     ItemResult,
-    find_known_results,
-    mark_running,
+    claim_items,
     queued_count,
     record_results,
-    record_started_events,
-    start_jobs,
+    reuse_known_results,
 )
 from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
@@ -134,13 +132,10 @@ def _claim_once(job_id: str, limit: int, runtime: Runtime) -> _Claim:
     """One unit of work: claim items, start their jobs, settle repeats of known images."""
     version = runtime.classifier.version
     with session_scope(runtime.settings) as session:
-        claimed = mark_running(session, job_id, limit)
-        record_started_events(session, start_jobs(session, {c.job_id for c in claimed}, version))
-        known = find_known_results(session, claimed, version)
-        reused = record_results(session, known, worker=runtime.name, inference_ms=0.0, batch=False)
-    _delete_uploads(runtime, [c for c in claimed if c.id in reused])
-    settled = {result.id for result in known}
-    return _Claim(claimed, [c for c in claimed if c.id not in settled])
+        claimed = claim_items(session, job_id, limit, version)
+        reused, to_run = reuse_known_results(session, claimed, version, worker=runtime.name)
+    _delete_uploads(runtime, reused)
+    return _Claim(claimed, to_run)
 
 
 def _delete_uploads(runtime: Runtime, items: list[Claimed]) -> None:

@@ -98,12 +98,17 @@ def record_started_events(session: Session, jobs: list[Job]) -> None:
 def reuse_known_results(
     session: Session, claimed: list[Claimed], model_version: str, *, worker: str
 ) -> tuple[list[Claimed], list[Claimed]]:
-    """The reuse step a task runs: find known results, record them; (reused, still to run)."""
+    """The reuse step a task runs: find known results, record them; (reused, still to run).
+
+    `reused` are the items this call wrote, whose uploads are now free to delete; an
+    item with a known result that something else ended meanwhile is not run either.
+    """
     known = find_known_results(session, claimed, model_version)
-    reused_ids = record_results(session, known, worker=worker, inference_ms=0.0, batch=False)
+    written = record_results(session, known, worker=worker, inference_ms=0.0, batch=False)
+    settled = {result.id for result in known}
     return (
-        [c for c in claimed if c.id in reused_ids],
-        [c for c in claimed if c.id not in reused_ids],
+        [c for c in claimed if c.id in written],
+        [c for c in claimed if c.id not in settled],
     )
 
 
