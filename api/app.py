@@ -13,7 +13,6 @@ from api.hygiene import UrlHygiene
 from api.limits import UploadLimit
 from api.routes import health, jobs, metrics, page, predict, webhooks
 from shared.settings import Settings, get_settings
-from shared.webhooks.events import set_dispatcher
 
 # Uploaded parts go to disk past 64 KiB: at Starlette's 1 MiB default, one request of
 # 500 parts would hold 500 MiB in memory.
@@ -34,8 +33,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     app.state.resources = resources
-    # Webhook events the API commits (a cancel's final event) are enqueued after the commit.
-    set_dispatcher(resources.queue.enqueue_webhook)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
     app.include_router(predict.router)

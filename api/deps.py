@@ -1,4 +1,4 @@
-"""Per-request dependencies: the settings, one database session, the storage, the queue.
+"""Per-request dependencies: the settings, one unit of work, the storage, the queue.
 
 `create_app` builds the app's resources once from the settings it is given and
 keeps them on `app.state`; these dependencies hand them to the routes.
@@ -13,8 +13,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from shared.db.session import PoolSize, session_factory
 from shared.queue import JobQueue
+from shared.services import unit_of_work
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
 
@@ -44,10 +44,6 @@ def get_settings(request: Request) -> Settings:
     return _resources(request).settings
 
 
-def get_queue(request: Request) -> JobQueue:
-    return _resources(request).queue
-
-
 def get_storage(request: Request) -> Storage:
     return _resources(request).storage
 
@@ -55,14 +51,16 @@ def get_storage(request: Request) -> Storage:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    session = session_factory(settings.resolved_database_url, PoolSize.of(settings))()
+def get_session(request: Request) -> Iterator[Session]:
+    """The request's unit of work: a route that writes commits it once (`unit_of_work.commit`);
+    whatever is left uncommitted when the request ends is rolled back, with its clean-up."""
+    resources = _resources(request)
+    session = unit_of_work.open_session(resources.settings, sender=resources.queue)
     try:
         yield session
     finally:
-        session.close()
+        unit_of_work.close(session)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
-QueueDep = Annotated[JobQueue, Depends(get_queue)]

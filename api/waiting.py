@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from shared.db.models import Job, JobStatus
+from shared.services import unit_of_work
 
 FIRST_LOOK_SECONDS = 0.02
 SLOWEST_LOOK_SECONDS = 0.25
@@ -24,7 +25,7 @@ def _final_job(session: Session, job_id: str) -> Job | None:
         job = session.get(Job, job_id, populate_existing=True)
         return job if job is not None and JobStatus(job.status).is_final else None
     finally:
-        session.rollback()  # end the read: the connection returns to the pool
+        unit_of_work.rollback(session)  # end the read: the connection returns to the pool
 
 
 async def wait_until_final(session: Session, job_id: str, timeout_seconds: float) -> Job | None:

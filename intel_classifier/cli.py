@@ -272,9 +272,11 @@ def migrate() -> None:
 @app.command()
 def sweep() -> None:
     """Delete jobs past RETENTION_SECONDS and stored files with no job (workers do this too)."""
-    from worker.tasks import sweep_once
+    from shared.storage import open_storage
+    from worker.maintenance import sweep as sweep_expired
 
-    report = sweep_once()
+    settings = get_settings()
+    report = sweep_expired(settings, open_storage(settings.resolved_storage_url))
     typer.echo(
         f"deleted {report.jobs} expired job(s), {report.orphans} orphaned upload folder(s), "
         f"{report.idempotency_keys} idempotency key(s), {report.batches} batch record(s)"

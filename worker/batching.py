@@ -12,6 +12,7 @@ import numpy as np
 from shared.classifier.inference import infer_batches, to_prediction
 from shared.classifier.preprocessing import preprocess
 from shared.errors import UploadMissing
+from shared.services import outbox
 from shared.services.processing import (
     Claimed,
     ItemResult,
@@ -44,8 +45,12 @@ def time_limits(settings: Settings) -> tuple[float, float]:
     return soft, soft + 30.0
 
 
-def process_job(job_id: str, runtime: Runtime) -> bool:
-    """Run batches starting with `job_id`'s items; True when that job still has queued items."""
+def process_job(job_id: str, runtime: Runtime) -> None:
+    """Run batches starting with `job_id`'s items; a job with more to do gets a fresh message.
+
+    Each claim and each batch's results are one unit of work, committed here, the
+    task's edge; the webhook events they record go out after their commit.
+    """
     settings = runtime.settings
     classifier = runtime.classifier
     batch_size = settings.inference_batch_size
@@ -76,7 +81,7 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
             _result(item, output, classifier.classes)
             for item, output in zip(batch.items, batch.outputs, strict=True)
         ]
-        with session_scope(runtime.settings) as session:
+        with session_scope(runtime.settings, sender=runtime.queue) as session:
             written = record_results(
                 session,
                 results,
@@ -91,8 +96,10 @@ def process_job(job_id: str, runtime: Runtime) -> bool:
             len({item.job_id for item in batch.items}),
             batch.inference_ms,
         )
-    with session_scope(runtime.settings) as session:
-        return queued_count(session, job_id) > 0
+    with session_scope(runtime.settings, write=False, sender=runtime.queue) as session:
+        if queued_count(session, job_id) > 0:
+            # More to do: a fresh message, so other jobs get their turn in between.
+            outbox.add_job(session, job_id)
 
 
 def _result(item: Claimed, output: np.ndarray | str, classes: tuple[str, ...]) -> ItemResult:
@@ -131,7 +138,7 @@ class _Claim:
 def _claim_once(job_id: str, limit: int, runtime: Runtime) -> _Claim:
     """One unit of work: claim items, start their jobs, settle repeats of known images."""
     version = runtime.classifier.version
-    with session_scope(runtime.settings) as session:
+    with session_scope(runtime.settings, sender=runtime.queue) as session:
         claimed = claim_items(session, job_id, limit, version)
         reused, to_run = reuse_known_results(session, claimed, version, worker=runtime.name)
     _delete_uploads(runtime, reused)

@@ -1,4 +1,4 @@
-"""What a worker process holds for its life: the loaded model and the upload storage."""
+"""What a worker process holds for its life: the loaded model, the upload storage, the queue."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 
 from shared.classifier.model import Classifier, load_classifier
+from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
 
@@ -19,6 +20,7 @@ class Runtime:
     settings: Settings
     classifier: Classifier
     storage: Storage
+    queue: JobQueue  # sends what each unit of work's outbox holds after its commit
     name: str
 
 
@@ -27,7 +29,7 @@ _runtime: Runtime | None = None
 role = "classify"
 
 
-def load(settings: Settings) -> Runtime:
+def load(settings: Settings, queue: JobQueue) -> Runtime:
     """Load the model once for this process; later calls return the same runtime."""
     global _runtime
     if _runtime is None:
@@ -42,6 +44,7 @@ def load(settings: Settings) -> Runtime:
             settings=settings,
             classifier=classifier,
             storage=open_storage(settings.resolved_storage_url),
+            queue=queue,
             name=f"{socket.gethostname()}:{os.getpid()}",
         )
         log.info("model %s loaded in worker %s", classifier.version, _runtime.name)

@@ -19,17 +19,15 @@ from celery.signals import (
 )
 
 from shared.db.models import utcnow
-from shared.db.session import forget_inherited_connections, session_factory
+from shared.db.session import forget_inherited_connections
 from shared.logs import configure_logging, log_context
 from shared.process import die_with_parent
 from shared.queue import CLASSIFY_TASK, WEBHOOK_TASK
 from shared.services import heartbeats
-from shared.services.processing import requeue_stale
-from shared.services.retention import SweepReport, sweep
+from shared.services.retention import SweepReport
 from shared.services.unit_of_work import session_scope
 from shared.storage import open_storage
-from shared.webhooks.delivery import deliver, due_events
-from worker import runtime
+from worker import maintenance, runtime, webhooks
 from worker.batching import process_job, time_limits
 from worker.celery_app import celery_app, job_queue, settings
 
@@ -47,29 +45,11 @@ _SOFT_LIMIT, _HARD_LIMIT = time_limits(settings)
 def classify_job(job_id: str) -> None:
     with log_context(job_id=job_id):
         job_queue.taken(job_id)
-        if process_job(job_id, runtime.load(settings)):
-            job_queue.enqueue(job_id)  # more to do: a fresh message, so other jobs get their turn
-
-
-def reconcile_once() -> list[str]:
-    """Requeue what a dead worker or a lost message left behind, then enqueue those jobs."""
-    with session_scope(settings) as session:
-        heartbeats.prune(session, max(20 * settings.worker_stale_seconds, 3600))
-        jobs = requeue_stale(session, settings.requeue_after_seconds, settings.max_item_attempts)
-    # Only jobs with no message waiting get one: a backlog never grows duplicates.
-    sent = [job_id for job_id in jobs if job_queue.enqueue(job_id)]
-    if sent:
-        log.warning("reconciler enqueued %d job(s) again: %s", len(sent), ", ".join(sent))
-    return sent
+        process_job(job_id, runtime.load(settings, job_queue))
 
 
 def sweep_once() -> SweepReport:
-    """Delete what retention says is over, and stored files that lost their job."""
-    session = session_factory(settings.resolved_database_url)()
-    try:
-        return sweep(session, open_storage(settings.resolved_storage_url), settings)
-    finally:
-        session.close()
+    return maintenance.sweep(settings, open_storage(settings.resolved_storage_url))
 
 
 def _reconcile_forever() -> None:
@@ -78,7 +58,7 @@ def _reconcile_forever() -> None:
     next_sweep = 0.0
     while True:
         try:
-            reconcile_once()
+            maintenance.reconcile(settings, job_queue)
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + settings.sweep_interval_seconds
                 sweep_once()
@@ -90,15 +70,14 @@ def _reconcile_forever() -> None:
 @celery_app.task(name=WEBHOOK_TASK, acks_late=True)
 def deliver_webhook(event_id: str) -> None:
     with log_context(event_id=event_id):
-        deliver(event_id, settings)
+        webhooks.deliver(event_id, settings)
 
 
 def _dispatch_due_forever() -> None:
     """Send every pending webhook event that is due: retries, and sends whose enqueue was lost."""
     while True:
         try:
-            for event_id in due_events(settings):
-                job_queue.enqueue_webhook(event_id)
+            webhooks.dispatch_due(settings, job_queue)
         except Exception:
             log.exception("webhook dispatcher pass failed")
         time.sleep(DISPATCH_INTERVAL_SECONDS)
@@ -162,7 +141,7 @@ def _load_model(**_: Any) -> None:
     die_with_parent(signal.SIGKILL)
     forget_inherited_connections()
     if runtime.role == "classify":
-        runtime.load(settings)
+        runtime.load(settings, job_queue)
         _start_heartbeat("classify")
 
 

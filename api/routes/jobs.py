@@ -13,7 +13,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from api.auth import CallerDep
-from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
+from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared.classifier.labels import CLASSES
@@ -58,7 +58,6 @@ def create(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-    queue: QueueDep,
     caller: CallerDep,
     file: Annotated[UploadFile | None, File(description="One image or one .zip")] = None,
     files: Annotated[list[UploadFile] | None, File(description="More images or zips")] = None,
@@ -81,13 +80,13 @@ def create(
         storage,
         settings,
         uploads_of(file, files),
-        enqueue=queue.enqueue,
         owner_id=caller.key_id,
         idempotency_key=idempotency_key,
         webhook_url=webhook_url,
         webhook_events=webhook_events,
         metadata=metadata,
     )
+    unit_of_work.commit(session)
     response.headers["Location"] = f"/jobs/{submission.job.id}"
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -190,4 +189,5 @@ def cancel(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
 def remove(job_id: str, session: SessionDep, storage: StorageDep, caller: CallerDep) -> Response:
     """Delete the job, its items and its stored files."""
     job_service.delete_job(session, storage, job_id, caller.owner)
+    unit_of_work.commit(session)
     return Response(status_code=204)

@@ -10,13 +10,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import CallerDep
-from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
+from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import PredictOut
 from api.waiting import wait_until_final
 from shared.db.models import Item, ItemStatus, Job
 from shared.errors import PredictTimeout, UnreadableImage
-from shared.queue import JobQueue
+from shared.services import unit_of_work
 from shared.services.intake import Upload, require_one_image
 from shared.services.submission import submit_job
 from shared.settings import Settings
@@ -26,23 +26,19 @@ router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
 
 
 def _submit(
-    session: Session,
-    storage: Storage,
-    settings: Settings,
-    queue: JobQueue,
-    upload: Upload,
-    owner: str | None,
+    session: Session, storage: Storage, settings: Settings, upload: Upload, owner: str | None
 ) -> str:
     require_one_image(upload)
-    job = submit_job(session, storage, settings, [upload], enqueue=queue.enqueue, owner_id=owner)
-    return job.job.id
+    submission = submit_job(session, storage, settings, [upload], owner_id=owner)
+    unit_of_work.commit(session)
+    return submission.job.id
 
 
 def _only_item(session: Session, job_id: str) -> Item:
     try:
         return session.scalars(select(Item).where(Item.job_id == job_id)).one()
     finally:
-        session.rollback()
+        unit_of_work.rollback(session)  # end the read: the connection returns to the pool
 
 
 @router.post(
@@ -55,7 +51,6 @@ async def predict(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-    queue: QueueDep,
     caller: CallerDep,
     file: Annotated[UploadFile, File(description="One image")],
 ) -> PredictOut:
@@ -64,9 +59,7 @@ async def predict(
     The wait holds neither a thread nor a database connection (api/waiting.py).
     """
     upload = Upload(file.filename or "upload", file.file)
-    job_id = await run_in_threadpool(
-        _submit, session, storage, settings, queue, upload, caller.key_id
-    )
+    job_id = await run_in_threadpool(_submit, session, storage, settings, upload, caller.key_id)
     job: Job | None = await wait_until_final(session, job_id, settings.predict_timeout_seconds)
     if job is None:
         raise PredictTimeout(

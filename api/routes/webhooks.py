@@ -10,7 +10,6 @@ from api.deps import SessionDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, WebhookEventList, WebhookEventOut
 from shared.db.models import WebhookEvent
-from shared.db.session import begin_write
 from shared.services import unit_of_work
 from shared.services.jobs import get_job
 from shared.webhooks.delivery import redeliver_final_event
@@ -38,8 +37,6 @@ def list_events(job_id: str, session: SessionDep, caller: CallerDep) -> WebhookE
 )
 def redeliver(job_id: str, session: SessionDep, caller: CallerDep) -> WebhookEventOut:
     """Send the job's final event again (same webhook-id), on a fresh retry schedule."""
-    begin_write(session)
-    get_job(session, job_id, caller.owner)
-    event = redeliver_final_event(session, job_id)
+    event = redeliver_final_event(session, job_id, caller.owner)
     unit_of_work.commit(session)
     return WebhookEventOut.of(event)

@@ -34,7 +34,7 @@ def create_job(
     webhook_events: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Job:
-    """Insert the job and its items; the caller commits, then enqueues."""
+    """Insert the job and its items (the caller adds its message to the outbox)."""
     now = utcnow()
     job = Job(
         id=job_id,
@@ -211,7 +211,6 @@ def delete_job(session: Session, storage: Storage, job_id: str, owner: str | Non
     get_job(session, job_id, owner)
     session.execute(delete(Item).where(Item.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
-    unit_of_work.commit(session)
-    # Files go after the rows: a crash in between leaves orphans the sweeper removes,
-    # never a job whose files are gone.
-    storage.delete_prefix(storage_prefix(job_id))
+    # Files go once the rows are gone: a crash in between leaves orphans the sweeper
+    # removes, never a job whose files are gone.
+    unit_of_work.after_commit(session, lambda: storage.delete_prefix(storage_prefix(job_id)))

@@ -1,27 +1,26 @@
 """Retention and sweeping: nothing outlives RETENTION_SECONDS, and no stored file outlives its job.
 
-Rows go first, then files: a crash in between leaves files without a job, which
-the next pass sweeps; the reverse order could leave a job whose files are gone.
+Each function is one unit of work's content; the edge (the worker's maintenance
+pass, `intel-classifier sweep`) opens and commits one session per step. Rows go
+first, files after the commit: a crash in between leaves files without a job,
+which the next pass sweeps; the reverse order could leave a job whose files are gone.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Batch, Item, Job, utcnow
+from shared.db.models import Batch, Item, Job
 from shared.db.session import begin_write
 from shared.services import unit_of_work
 from shared.services.idempotency import forget_expired
 from shared.services.intake import storage_prefix
 from shared.settings import Settings
 from shared.storage import Storage
-
-log = logging.getLogger(__name__)
 
 JOBS_PER_PASS = 500
 
@@ -37,27 +36,28 @@ class SweepReport:
 def delete_expired_jobs(
     session: Session, storage: Storage, retention_seconds: float, now: datetime
 ) -> int:
+    """Up to JOBS_PER_PASS jobs finished before the retention cutoff, with their items and files."""
     cutoff = now - timedelta(seconds=retention_seconds)
-    deleted = 0
-    while True:
-        begin_write(session)
-        job_ids = list(
-            session.scalars(
-                select(Job.id)
-                .where(Job.finished_at.is_not(None), Job.finished_at < cutoff)
-                .limit(JOBS_PER_PASS)
-            )
+    begin_write(session)
+    job_ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.finished_at.is_not(None), Job.finished_at < cutoff)
+            .limit(JOBS_PER_PASS)
         )
-        if not job_ids:
-            unit_of_work.rollback(session)
-            return deleted
-        session.execute(delete(Item).where(Item.job_id.in_(job_ids)))
-        # Webhook events and their attempts go with the job (ON DELETE CASCADE).
-        session.execute(delete(Job).where(Job.id.in_(job_ids)))
-        unit_of_work.commit(session)
+    )
+    if not job_ids:
+        return 0
+    session.execute(delete(Item).where(Item.job_id.in_(job_ids)))
+    # Webhook events and their attempts go with the job (ON DELETE CASCADE).
+    session.execute(delete(Job).where(Job.id.in_(job_ids)))
+
+    def delete_files() -> None:
         for job_id in job_ids:
             storage.delete_prefix(storage_prefix(job_id))
-        deleted += len(job_ids)
+
+    unit_of_work.after_commit(session, delete_files)
+    return len(job_ids)
 
 
 def delete_orphaned_files(
@@ -70,7 +70,6 @@ def delete_orphaned_files(
     for start in range(0, len(old), 500):
         chunk = old[start : start + 500]
         known = set(session.scalars(select(Job.id).where(Job.id.in_(chunk))))
-        unit_of_work.rollback(session)
         for prefix in chunk:
             if prefix not in known:
                 storage.delete_prefix(prefix)
@@ -78,25 +77,16 @@ def delete_orphaned_files(
     return swept
 
 
-def sweep(
-    session: Session, storage: Storage, settings: Settings, now: datetime | None = None
-) -> SweepReport:
-    now = now or utcnow()
-    jobs = delete_expired_jobs(session, storage, settings.retention_seconds, now)
-    orphans = delete_orphaned_files(session, storage, settings.orphan_grace_seconds, now)
+@dataclass(frozen=True)
+class Forgotten:
+    idempotency_keys: int
+    batches: int
+
+
+def forget_old_records(session: Session, settings: Settings, now: datetime) -> Forgotten:
+    """Idempotency keys past IDEMPOTENCY_TTL_SECONDS and batch records past retention."""
     begin_write(session)
     keys = forget_expired(session, settings.idempotency_ttl_seconds, now)
     cutoff = now - timedelta(seconds=settings.retention_seconds)
     batches = session.execute(delete(Batch).where(Batch.created_at < cutoff)).rowcount  # type: ignore[attr-defined]
-    unit_of_work.commit(session)
-    report = SweepReport(jobs, orphans, keys, int(batches or 0))
-    if any(vars(report).values()):
-        log.info(
-            "swept %d expired job(s), %d orphaned upload folder(s), %d idempotency key(s), "
-            "%d batch record(s)",
-            jobs,
-            orphans,
-            keys,
-            report.batches,
-        )
-    return report
+    return Forgotten(keys, int(batches or 0))

@@ -1,19 +1,18 @@
-"""Accepting work: store the uploads, commit the job, then enqueue it."""
+"""Accepting work: store the uploads, then add the job and its message to the unit of work."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.db.models import Job, new_id
 from shared.db.session import begin_write
 from shared.errors import InvalidInput, LimitExceeded
-from shared.services import unit_of_work
+from shared.services import outbox, unit_of_work
 from shared.services.idempotency import earlier_job, idempotency_request, remember
 from shared.services.intake import Upload, stage_uploads, storage_prefix
 from shared.services.jobs import create_job
@@ -22,8 +21,6 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks.events import parse_event_names
 from shared.webhooks.guard import check_webhook_url, parse_networks
-
-log = logging.getLogger(__name__)
 
 
 def parse_metadata(raw: str | None) -> dict[str, Any]:
@@ -63,57 +60,53 @@ def submit_job(
     settings: Settings,
     uploads: list[Upload],
     *,
-    enqueue: Callable[[str], object],
     owner_id: str | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
     webhook_events: str | None = None,
     metadata: str | None = None,
 ) -> Submission:
-    """Store, commit, enqueue, in that order: a message never names an uncommitted job.
+    """Store the uploads, then add the job and its message; the caller commits.
 
-    A failed enqueue does not fail the request: the job is committed as queued and
-    the workers' reconciler enqueues it again after REQUEUE_AFTER_SECONDS. Any
-    failure before the commit (a refused upload, a database outage, a full disk)
-    removes whatever was stored, so nothing is left half-written.
+    Files are stored before the write transaction begins, so no lock is held while
+    a large zip is written. If the transaction does not commit, the stored files
+    go with it (`on_rollback`); the job message is sent only after the commit (the
+    outbox). An `Idempotency-Key` seen before answers with the first job, and this
+    request's files are removed.
     """
     fields = {"webhook_url": webhook_url, "webhook_events": webhook_events, "metadata": metadata}
     check_field_sizes(fields, settings)
     idempotency = idempotency_request(idempotency_key, owner_id, uploads, fields)
-    if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
-        return Submission(job, replayed=True)
-    unit_of_work.rollback(session)  # end the read: the write transaction must be the next to begin
     parsed_metadata = parse_metadata(metadata)
     webhook = webhook_target(webhook_url, settings)
     events = parse_event_names(webhook_events)
     job_id = new_id()
     staged = stage_uploads(uploads, job_id, storage, settings)
-    try:
-        begin_write(session)
-        job = create_job(
-            session,
-            job_id,
-            staged,
-            owner_id=owner_id,
-            webhook_url=webhook,
-            webhook_events=events,
-            metadata=parsed_metadata,
-        )
-        if idempotency is not None:
-            remember(session, idempotency, job_id)
-        unit_of_work.commit(session)
-    except IntegrityError:
-        unit_of_work.rollback(session)
+    unit_of_work.on_rollback(session, lambda: storage.delete_prefix(storage_prefix(job_id)))
+    begin_write(session)
+    if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
         storage.delete_prefix(storage_prefix(job_id))
+        return Submission(job, replayed=True)
+    try:
+        with session.begin_nested():
+            job = create_job(
+                session,
+                job_id,
+                staged,
+                owner_id=owner_id,
+                webhook_url=webhook,
+                webhook_events=events,
+                metadata=parsed_metadata,
+            )
+            if idempotency is not None:
+                remember(session, idempotency, job_id)
+    except IntegrityError:
+        # Postgres: a concurrent request with the same key committed first (SQLite's
+        # write lock makes the check above enough). Its job is this request's answer.
         if idempotency is None or (job := earlier_job(session, idempotency)) is None:
             raise
-        return Submission(job, replayed=True)  # a concurrent request with the key won
-    except BaseException:
-        unit_of_work.rollback(session)
+        metrics.discard_increments(session)  # counted for the job that was not inserted
         storage.delete_prefix(storage_prefix(job_id))
-        raise
-    try:
-        enqueue(job_id)
-    except Exception:
-        log.exception("could not enqueue job %s; the reconciler will", job_id)
+        return Submission(job, replayed=True)
+    outbox.add_job(session, job_id)
     return Submission(job, replayed=False)

@@ -1,4 +1,8 @@
-"""Deliver one webhook attempt: sign, POST, record, and schedule the next try or stop."""
+"""Webhook delivery, in steps a task composes: claim the event, attempt it, record the attempt.
+
+No transaction spans the HTTP call: the claim (a lease) and the record are two
+units of work, and the attempt in between touches no database.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.db.models import WebhookAttempt, WebhookEvent, WebhookEventStatus, utcnow
+from shared.db.session import begin_write
 from shared.errors import Conflict, InvalidInput, RateLimited, describe
-from shared.services.unit_of_work import session_scope
+from shared.services import outbox
+from shared.services.jobs import get_job
 from shared.settings import Settings
-from shared.webhooks.events import FINAL_EVENTS, schedule_dispatch
+from shared.webhooks.events import FINAL_EVENTS
 from shared.webhooks.guard import Unresolvable, parse_networks
 from shared.webhooks.sender import Reply, post
 from shared.webhooks.signing import signature_header
@@ -37,26 +43,46 @@ class Outcome:
     retry_in_seconds: float | None
 
 
-def deliver(event_id: str, settings: Settings) -> Outcome | None:
-    """One attempt for a due event; None when it is not due, already done, or leased elsewhere."""
+@dataclass(frozen=True)
+class Claimed:
+    """An event this process holds the lease on, with what its attempt needs."""
+
+    event_id: str
+    url: str
+    body: str
+    previous_attempts: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    outcome: Outcome
+    attempted_at: datetime
+    duration_ms: float
+
+
+def claim_event(session: Session, event_id: str, settings: Settings) -> Claimed | None:
+    """Lease a due event for one attempt; None when it is not due, already done, or leased."""
     lease = timedelta(seconds=settings.webhook_timeout_seconds + 30)
     now = utcnow()
-    with session_scope(settings) as session:
-        claimed = session.execute(
-            update(WebhookEvent)
-            .where(
-                WebhookEvent.id == event_id,
-                WebhookEvent.status == WebhookEventStatus.PENDING,
-                WebhookEvent.next_attempt_at <= now,
-                or_(WebhookEvent.lease_until.is_(None), WebhookEvent.lease_until < now),
-            )
-            .values(lease_until=now + lease)
-            .returning(WebhookEvent.url, WebhookEvent.body, WebhookEvent.attempts)
-        ).one_or_none()
+    claimed = session.execute(
+        update(WebhookEvent)
+        .where(
+            WebhookEvent.id == event_id,
+            WebhookEvent.status == WebhookEventStatus.PENDING,
+            WebhookEvent.next_attempt_at <= now,
+            or_(WebhookEvent.lease_until.is_(None), WebhookEvent.lease_until < now),
+        )
+        .values(lease_until=now + lease)
+        .returning(WebhookEvent.url, WebhookEvent.body, WebhookEvent.attempts)
+    ).one_or_none()
     if claimed is None:
         return None
     url, body, previous_attempts = claimed
+    return Claimed(event_id, url, body, previous_attempts)
 
+
+def attempt(event: Claimed, settings: Settings) -> Attempt:
+    """Sign and POST the event once; whatever the receiver does becomes the outcome."""
     started = time.perf_counter()
     attempted_at = utcnow()
     response: Reply | None = None
@@ -64,15 +90,15 @@ def deliver(event_id: str, settings: Settings) -> Outcome | None:
     try:
         timestamp = int(time.time())
         response = post(
-            url,
-            body.encode(),
+            event.url,
+            event.body.encode(),
             {
                 "content-type": "application/json",
                 "user-agent": USER_AGENT,
-                "webhook-id": event_id,
+                "webhook-id": event.event_id,
                 "webhook-timestamp": str(timestamp),
                 "webhook-signature": signature_header(
-                    settings.webhook_secret_list, event_id, timestamp, body
+                    settings.webhook_secret_list, event.event_id, timestamp, event.body
                 ),
             },
             allowed=parse_networks(settings.webhook_allowed_networks),
@@ -85,38 +111,41 @@ def deliver(event_id: str, settings: Settings) -> Outcome | None:
     except Exception as exc:  # whatever the receiver or the network did, it is one attempt
         error = describe(exc)
     duration_ms = (time.perf_counter() - started) * 1000
+    outcome = _decide(response, error, event.previous_attempts + 1, settings)
+    log.info("webhook %s to %s: %s", event.event_id, event.url, outcome)
+    return Attempt(outcome, attempted_at, duration_ms)
 
-    outcome = _decide(response, error, previous_attempts + 1, settings)
-    with session_scope(settings) as session:
-        session.add(
-            WebhookAttempt(
-                event_id=event_id,
-                attempted_at=attempted_at,
-                status_code=outcome.status_code,
-                error=outcome.error,
-                duration_ms=round(duration_ms, 1),
-                retry_in_seconds=outcome.retry_in_seconds,
-            )
+
+def record_attempt(session: Session, event: Claimed, done: Attempt) -> None:
+    """Write the attempt, then schedule the next one or end the event; releases the lease."""
+    outcome = done.outcome
+    session.add(
+        WebhookAttempt(
+            event_id=event.event_id,
+            attempted_at=done.attempted_at,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            duration_ms=round(done.duration_ms, 1),
+            retry_in_seconds=outcome.retry_in_seconds,
         )
-        retry_at = (
-            utcnow() + timedelta(seconds=outcome.retry_in_seconds)
-            if outcome.retry_in_seconds is not None
-            else None
+    )
+    retry_at = (
+        utcnow() + timedelta(seconds=outcome.retry_in_seconds)
+        if outcome.retry_in_seconds is not None
+        else None
+    )
+    session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event.event_id)
+        .values(
+            status=outcome.status,
+            attempts=event.previous_attempts + 1,
+            next_attempt_at=retry_at,
+            lease_until=None,
         )
-        session.execute(
-            update(WebhookEvent)
-            .where(WebhookEvent.id == event_id)
-            .values(
-                status=outcome.status,
-                attempts=previous_attempts + 1,
-                next_attempt_at=retry_at,
-                lease_until=None,
-            )
-        )
-        outcome_label = "retry" if outcome.status == WebhookEventStatus.PENDING else outcome.status
-        metrics.count(session, metrics.WEBHOOK_ATTEMPTS, outcome=str(outcome_label))
-    log.info("webhook %s to %s: %s", event_id, url, outcome)
-    return outcome
+    )
+    outcome_label = "retry" if outcome.status == WebhookEventStatus.PENDING else outcome.status
+    metrics.count(session, metrics.WEBHOOK_ATTEMPTS, outcome=str(outcome_label))
 
 
 def _decide(response: Reply | None, error: str | None, attempt: int, settings: Settings) -> Outcome:
@@ -155,22 +184,21 @@ def _retry_after(response: Reply | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def due_events(settings: Settings, limit: int = 200) -> list[str]:
+def due_events(session: Session, limit: int = 200) -> list[str]:
     """Pending events whose time has come and which no delivery holds."""
     now = utcnow()
-    with session_scope(settings, write=False) as session:
-        return list(
-            session.scalars(
-                select(WebhookEvent.id)
-                .where(
-                    WebhookEvent.status == WebhookEventStatus.PENDING,
-                    WebhookEvent.next_attempt_at <= now,
-                    or_(WebhookEvent.lease_until.is_(None), WebhookEvent.lease_until < now),
-                )
-                .order_by(WebhookEvent.next_attempt_at)
-                .limit(limit)
+    return list(
+        session.scalars(
+            select(WebhookEvent.id)
+            .where(
+                WebhookEvent.status == WebhookEventStatus.PENDING,
+                WebhookEvent.next_attempt_at <= now,
+                or_(WebhookEvent.lease_until.is_(None), WebhookEvent.lease_until < now),
             )
+            .order_by(WebhookEvent.next_attempt_at)
+            .limit(limit)
         )
+    )
 
 
 def _limit_redelivery(session: Session, event: WebhookEvent) -> None:
@@ -191,8 +219,10 @@ def _limit_redelivery(session: Session, event: WebhookEvent) -> None:
         )
 
 
-def redeliver_final_event(session: Session, job_id: str) -> WebhookEvent:
+def redeliver_final_event(session: Session, job_id: str, owner: str | None) -> WebhookEvent:
     """Send a job's final event again, with the same webhook-id and a fresh retry schedule."""
+    begin_write(session)
+    get_job(session, job_id, owner)
     final = session.scalars(
         select(WebhookEvent)
         .where(WebhookEvent.job_id == job_id, WebhookEvent.type.in_(FINAL_EVENTS.values()))
@@ -208,5 +238,5 @@ def redeliver_final_event(session: Session, job_id: str) -> WebhookEvent:
     final.attempts = 0
     final.next_attempt_at = utcnow()
     final.lease_until = None
-    schedule_dispatch(session, final.id)
+    outbox.add_event(session, final.id)
     return final

@@ -1,16 +1,15 @@
 """Webhook events, written in the same transaction as the change they announce.
 
-Each event row is an outbox entry: it is committed with the job's new state, and
-only after that commit is its delivery enqueued. A lost enqueue is found again by
-the dispatcher loop, which sends every pending event that is due.
+Each event row is committed with the job's new state and put in the session's
+outbox (`shared.services.outbox`), so its delivery is enqueued only after that
+commit. A lost enqueue is found again by the dispatcher loop, which sends every
+pending event that is due.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,9 +17,8 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Job, JobStatus, WebhookEvent, WebhookEventStatus, utcnow
 from shared.errors import InvalidInput
+from shared.services import outbox
 from shared.services.documents import job_document
-
-log = logging.getLogger(__name__)
 
 FINAL_EVENTS = {
     JobStatus.SUCCEEDED: "job.succeeded",
@@ -29,14 +27,6 @@ FINAL_EVENTS = {
     JobStatus.CANCELLED: "job.cancelled",
 }
 OPTIONAL_EVENTS = ("job.started", "job.progress")
-_PENDING = "webhook_events_to_dispatch"
-_dispatcher: Callable[[str], None] | None = None
-
-
-def set_dispatcher(dispatch: Callable[[str], None]) -> None:
-    """Who sends an event once its transaction commits (the Celery app registers itself)."""
-    global _dispatcher
-    _dispatcher = dispatch
 
 
 def parse_event_names(raw: str | None) -> list[str]:
@@ -71,7 +61,7 @@ def record_event(session: Session, job: Job, event_type: str) -> WebhookEvent | 
         created_at=utcnow(),
     )
     session.add(row)
-    session.info.setdefault(_PENDING, []).append(row.id)
+    outbox.add_event(session, row.id)
     return row
 
 
@@ -91,23 +81,3 @@ def record_progress_event(session: Session, job: Job, interval_seconds: float) -
         return
     job.progress_notified_at = now
     record_event(session, job, "job.progress")
-
-
-def schedule_dispatch(session: Session, event_id: str) -> None:
-    session.info.setdefault(_PENDING, []).append(event_id)
-
-
-def dispatch_pending(session: Session) -> None:
-    """Enqueue the events `session` just committed; `unit_of_work.commit` calls it."""
-    pending = session.info.pop(_PENDING, [])
-    if not pending or _dispatcher is None:
-        return
-    for event_id in pending:
-        try:
-            _dispatcher(event_id)
-        except Exception:  # the dispatcher loop sends it when the broker is back
-            log.exception("could not enqueue webhook event %s", event_id)
-
-
-def discard_pending(session: Session) -> None:
-    session.info.pop(_PENDING, None)

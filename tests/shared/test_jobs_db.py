@@ -42,10 +42,10 @@ from shared.services.processing import (
     requeue_stale,
     reuse_known_results,
 )
-from shared.services.retention import sweep
 from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
 from shared.storage import LocalStorage
+from worker.maintenance import sweep
 
 TABLES = {
     "jobs",
@@ -65,8 +65,26 @@ TABLES = {
 SETTINGS = Settings()
 
 
+class RecordingSender:
+    """Stands in for the queue: what each unit of work sent after its commit."""
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+        self.events: list[str] = []
+
+    def enqueue(self, job_id: str) -> bool:
+        self.jobs.append(job_id)
+        return True
+
+    def enqueue_webhook(self, event_id: str) -> None:
+        self.events.append(event_id)
+
+
+SENT = RecordingSender()
+
+
 def scope(write: bool = True) -> AbstractContextManager[Session]:
-    return session_scope(SETTINGS, write)
+    return session_scope(SETTINGS, write, sender=SENT)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -275,6 +293,7 @@ def test_webhook_events_are_written_with_the_state_they_announce(database: str) 
         assert final["data"]["status"] == "succeeded"
         assert final["data"]["summary"] == {"sea": 2}
         assert all(e.id.startswith("msg_") and e.status == "pending" for e in events)
+    assert [e.id for e in events] == SENT.events[-2:]  # each sent after the commit that wrote it
     assert _job_row(quiet).status == JobStatus.SUCCEEDED  # claimed alongside, finished too
 
 
@@ -356,8 +375,7 @@ def test_retention_deletes_old_jobs_with_everything_they_own(database: str, tmp_
         expired_job = session.get(Job, expired)
         assert expired_job is not None
         metrics.job_finished(session, expired_job)
-    with scope(write=False) as session:
-        report = sweep(session, storage, settings)
+    report = sweep(settings, storage)
     assert report.jobs == 1
     with scope(write=False) as session:
         assert {j.id for j in session.scalars(select(Job))} == {recent, running.id}
@@ -395,8 +413,7 @@ def test_sweep_removes_orphaned_files_and_expired_idempotency_keys(
                 )
             )
     os.utime(tmp_path / "uploads" / kept, (two_hours_ago, two_hours_ago))
-    with scope(write=False) as session:
-        report = sweep(session, storage, settings)
+    report = sweep(settings, storage)
     assert (report.orphans, report.idempotency_keys) == (1, 1)
     assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == sorted(
         [kept, "orphan-young"]

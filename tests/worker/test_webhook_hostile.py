@@ -25,7 +25,8 @@ from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus, WebhookAttempt, WebhookEvent, new_id, utcnow
 from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
-from shared.webhooks.delivery import Outcome, deliver
+from shared.webhooks.delivery import Outcome
+from worker.webhooks import deliver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 GZIP_BOMB = gzip.compress(bytes(300 * 2**20), compresslevel=9)  # 300 MiB of zeros, ~300 KB

@@ -1,0 +1,81 @@
+"""The outbox: messages that must follow a commit, gathered on the session and sent after it.
+
+Two kinds of message announce committed state: a job message (this job has items
+to classify) and a webhook event (this event row is ready to send). Services add
+them next to the rows they announce; `unit_of_work.commit` sends them once the
+commit succeeded, through the sender its edge opened the session with; a
+rollback drops them. A send that fails loses nothing: the workers' reconciler
+enqueues every job that still has queued items, and the webhook dispatcher loop
+sends every pending event that is due.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+_KEY = "outbox"
+
+
+class Sender(Protocol):
+    """What sends the messages (`shared.queue.JobQueue`)."""
+
+    def enqueue(self, job_id: str) -> bool: ...
+
+    def enqueue_webhook(self, event_id: str) -> None: ...
+
+
+@dataclass
+class Messages:
+    job_ids: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.job_ids or self.event_ids)
+
+
+def _messages(session: Session) -> Messages:
+    messages: Messages = session.info.setdefault(_KEY, Messages())
+    return messages
+
+
+def add_job(session: Session, job_id: str) -> None:
+    """After the commit, wake a worker for `job_id` (at most one message waits per job)."""
+    if job_id not in _messages(session).job_ids:
+        _messages(session).job_ids.append(job_id)
+
+
+def add_event(session: Session, event_id: str) -> None:
+    """After the commit, hand webhook event `event_id` to the webhook worker."""
+    if event_id not in _messages(session).event_ids:
+        _messages(session).event_ids.append(event_id)
+
+
+def take(session: Session) -> Messages:
+    """The messages gathered so far, removed from the session."""
+    messages: Messages = session.info.pop(_KEY, None) or Messages()
+    return messages
+
+
+def send(messages: Messages, sender: Sender | None) -> list[str]:
+    """Send what a commit announced; returns the jobs whose message went out."""
+    if sender is None:
+        return []
+    sent: list[str] = []
+    for job_id in messages.job_ids:
+        try:
+            if sender.enqueue(job_id):
+                sent.append(job_id)
+        except Exception:
+            log.exception("could not enqueue job %s; the reconciler will", job_id)
+    for event_id in messages.event_ids:
+        try:
+            sender.enqueue_webhook(event_id)
+        except Exception:
+            log.exception("could not enqueue webhook event %s; the dispatcher loop will", event_id)
+    return sent

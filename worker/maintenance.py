@@ -1,0 +1,76 @@
+"""The classification worker's background passes: reconcile lost work, sweep what expired.
+
+Each step is its own unit of work, committed here: the reconciler's job messages
+go out after its commit, and the sweep deletes files only after the rows that
+owned them are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from shared.db.models import utcnow
+from shared.db.session import begin_write
+from shared.services import heartbeats, outbox, unit_of_work
+from shared.services.processing import requeue_stale
+from shared.services.retention import (
+    SweepReport,
+    delete_expired_jobs,
+    delete_orphaned_files,
+    forget_old_records,
+)
+from shared.services.unit_of_work import session_scope
+from shared.settings import Settings
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(settings: Settings, queue: outbox.Sender) -> list[str]:
+    """Take back what a dead worker left running, and enqueue every job left waiting.
+
+    Only jobs with no message waiting get one (`JobQueue`'s marks), so a backlog
+    never grows duplicates. Returns the jobs whose message was sent.
+    """
+    session = unit_of_work.open_session(settings, queue)
+    try:
+        begin_write(session)
+        heartbeats.prune(session, max(20 * settings.worker_stale_seconds, 3600))
+        for job_id in requeue_stale(
+            session, settings.requeue_after_seconds, settings.max_item_attempts
+        ):
+            outbox.add_job(session, job_id)
+        sent = unit_of_work.commit(session)
+    finally:
+        unit_of_work.close(session)
+    if sent:
+        log.warning("reconciler enqueued %d job(s) again: %s", len(sent), ", ".join(sent))
+    return sent
+
+
+def sweep(settings: Settings, storage: Storage, now: datetime | None = None) -> SweepReport:
+    """Delete what retention says is over, and stored files that lost their job."""
+    now = now or utcnow()
+    jobs = 0
+    while True:  # a pass at a time, so no transaction holds the write lock for long
+        with session_scope(settings) as session:
+            deleted = delete_expired_jobs(session, storage, settings.retention_seconds, now)
+        jobs += deleted
+        if deleted == 0:
+            break
+    with session_scope(settings, write=False) as session:
+        orphans = delete_orphaned_files(session, storage, settings.orphan_grace_seconds, now)
+    with session_scope(settings) as session:
+        forgotten = forget_old_records(session, settings, now)
+    report = SweepReport(jobs, orphans, forgotten.idempotency_keys, forgotten.batches)
+    if any(vars(report).values()):
+        log.info(
+            "swept %d expired job(s), %d orphaned upload folder(s), %d idempotency key(s), "
+            "%d batch record(s)",
+            report.jobs,
+            report.orphans,
+            report.idempotency_keys,
+            report.batches,
+        )
+    return report

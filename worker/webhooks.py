@@ -1,0 +1,33 @@
+"""The webhook worker's work: one delivery attempt per message, and the loop that finds due events.
+
+An attempt is two units of work around an HTTP call that holds no transaction:
+claim the event (a lease), POST it, record what happened.
+"""
+
+from __future__ import annotations
+
+from shared.services import outbox
+from shared.services.unit_of_work import session_scope
+from shared.settings import Settings
+from shared.webhooks.delivery import Outcome, attempt, claim_event, due_events, record_attempt
+
+
+def deliver(event_id: str, settings: Settings) -> Outcome | None:
+    """One attempt for a due event; None when it is not due, already done, or leased elsewhere."""
+    with session_scope(settings) as session:
+        claimed = claim_event(session, event_id, settings)
+    if claimed is None:
+        return None
+    done = attempt(claimed, settings)
+    with session_scope(settings) as session:
+        record_attempt(session, claimed, done)
+    return done.outcome
+
+
+def dispatch_due(settings: Settings, queue: outbox.Sender) -> int:
+    """Enqueue every pending event that is due: retries, and sends whose enqueue was lost."""
+    with session_scope(settings, write=False, sender=queue) as session:
+        due = due_events(session)
+        for event_id in due:
+            outbox.add_event(session, event_id)
+    return len(due)
