@@ -65,3 +65,63 @@ def read_manifest(folder: Path) -> Manifest:
 
 def is_artifact(path: Path) -> bool:
     return path.is_dir() and (path / MANIFEST_NAME).is_file()
+
+
+FINETUNED_FORMAT = "intel-classifier/finetuned-v2"
+TOP_WEIGHTS_NAME = "top.weights.h5"
+SERVING_XML = "model.xml"
+
+
+class ServingForm(BaseModel):
+    """The shipped inference form: the whole network as OpenVINO IR, INT8."""
+
+    precision: str = "int8"
+    xml: str = SERVING_XML
+    sha256: str = Field(default="", description="sha256 of the IR's .xml and .bin together")
+    acceptance: dict[str, Any] = Field(default_factory=dict)
+
+
+class FineTunedManifest(BaseModel):
+    """Model v2: block 14 and the head fine-tuned, with the INT8 IR that serving runs."""
+
+    format: str = FINETUNED_FORMAT
+    version: str = ""  # the weights' identity; each precision serves as "<version>-<precision>"
+    classes: list[str] = Field(default_factory=lambda: list(CLASSES))
+    input_size: int
+    dense_units: int
+    dropout: float
+    temperature: float = 1.0
+    base: BaseSpec
+    top_weights: str = TOP_WEIGHTS_NAME
+    top_sha256: str = ""
+    serving: ServingForm = Field(default_factory=ServingForm)
+    training: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def version_for(self, precision: str) -> str:
+        return f"{self.version}-{precision}"
+
+
+def finetuned_version(manifest: FineTunedManifest) -> str:
+    identity = {
+        "top": manifest.top_sha256,
+        "classes": manifest.classes,
+        "input_size": manifest.input_size,
+        "temperature": manifest.temperature,
+        "base": manifest.base.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def files_sha256(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def read_any_manifest(folder: Path) -> Manifest | FineTunedManifest:
+    raw = json.loads((folder / MANIFEST_NAME).read_text())
+    if raw.get("format") == FINETUNED_FORMAT:
+        return FineTunedManifest.model_validate(raw)
+    return Manifest.model_validate(raw)

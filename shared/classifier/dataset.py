@@ -60,3 +60,52 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[lis
         validation.extend(int(i) for i in members[:n_val])
         train.extend(int(i) for i in members[n_val:])
     return sorted(train), sorted(validation)
+
+
+@dataclass(frozen=True)
+class Deduplication:
+    """What `drop_duplicates` removed, by image name."""
+
+    conflicting: list[str]  # byte-identical copies filed under different classes: all dropped
+    repeated: list[str]  # further copies under the same class: one of each kept
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "conflicting_dropped": len(self.conflicting),
+            "repeated_dropped": len(self.repeated),
+            "conflicting": self.conflicting,
+            "repeated": self.repeated,
+        }
+
+
+def drop_duplicates(
+    images: list[LabelledImage], hashes: list[str]
+) -> tuple[list[int], Deduplication]:
+    """Indices to keep: one of each set of identical copies; none where their labels disagree.
+
+    A copy on both sides of a split would flatter validation; a photo filed under
+    two classes teaches both and neither.
+    """
+    by_hash: dict[str, list[int]] = {}
+    for index, digest in enumerate(hashes):
+        by_hash.setdefault(digest, []).append(index)
+    keep: list[int] = []
+    conflicting: list[str] = []
+    repeated: list[str] = []
+    for members in by_hash.values():
+        if len({images[i].label for i in members}) > 1:
+            conflicting += [images[i].name for i in members]
+            continue
+        keep.append(members[0])
+        repeated += [images[i].name for i in members[1:]]
+    return sorted(keep), Deduplication(sorted(conflicting), sorted(repeated))
+
+
+def stratified_three_way(
+    labels: list[int], validation_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Positions (train, validation, test) into `labels`, each class split alike, seeded."""
+    rest, test = stratified_split(labels, test_fraction, seed)
+    inner_fraction = validation_fraction / (1.0 - test_fraction)
+    train_pos, val_pos = stratified_split([labels[i] for i in rest], inner_fraction, seed + 1)
+    return [rest[i] for i in train_pos], [rest[i] for i in val_pos], test

@@ -7,16 +7,30 @@ from typing import Any
 
 import numpy as np
 
-from shared.classifier.artifact import Manifest
-from shared.classifier.dataset import LabelledImage, stratified_split
+from shared.classifier.artifact import FineTunedManifest, Manifest
+from shared.classifier.dataset import (
+    LabelledImage,
+    drop_duplicates,
+    stratified_split,
+    stratified_three_way,
+)
+from shared.classifier.features import content_hashes
 from shared.classifier.inference import predict_stream
 from shared.classifier.metrics import classification_report
 from shared.classifier.model import Classifier
 from shared.errors import InvalidInput
 
 
-def select_holdout(images: list[LabelledImage], manifest: Manifest | None) -> list[LabelledImage]:
-    """The validation split a model was trained with, reproduced from its manifest's seed."""
+def select_holdout(
+    images: list[LabelledImage], manifest: Manifest | FineTunedManifest | None
+) -> list[LabelledImage]:
+    """The images a model never trained on, reproduced from its manifest's seed.
+
+    For model v2 that is the test split (after dropping duplicates); for v1 the
+    validation split.
+    """
+    if isinstance(manifest, FineTunedManifest):
+        return _test_split(images, manifest)
     training = manifest.training if manifest else {}
     if "seed" not in training or "validation_fraction" not in training:
         raise InvalidInput("--holdout needs a model artifact whose manifest records its split")
@@ -24,6 +38,19 @@ def select_holdout(images: list[LabelledImage], manifest: Manifest | None) -> li
         [image.label for image in images], training["validation_fraction"], training["seed"]
     )
     return [images[i] for i in validation]
+
+
+def _test_split(images: list[LabelledImage], manifest: FineTunedManifest) -> list[LabelledImage]:
+    training = manifest.training
+    kept, _ = drop_duplicates(images, content_hashes([image.path for image in images]))
+    images = [images[i] for i in kept]
+    _, _, test = stratified_three_way(
+        [image.label for image in images],
+        training["validation_fraction"],
+        training["test_fraction"],
+        training["seed"],
+    )
+    return [images[i] for i in test]
 
 
 def evaluate_images(

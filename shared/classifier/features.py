@@ -1,8 +1,11 @@
-"""Base-network features for training, cached on disk so the frozen base runs once per image.
+"""Base-network outputs for training, cached on disk so the frozen part runs once per image.
 
-The cache is split into chunks whose key hashes the bytes of every image in the
-chunk, the input size, the base weights' identity and the augmentation view, so
-a changed image, size or base recomputes only what it touches and an
+Two kinds are cached: the pooled features (2048 floats) the frozen-base recipe
+trains its head on, and the maps of `add_11` (10x10x1024, stored as float16)
+that fine-tuning block 14 starts from. The cache is split into chunks whose key
+hashes the bytes of every image in the chunk, the layer, the input size, the
+preprocessing version, the base weights' identity and the augmentation view,
+so a changed image, size or base recomputes only what it touches and an
 interrupted run resumes where it stopped.
 """
 
@@ -21,10 +24,10 @@ from shared.classifier.augment import Augmentation
 from shared.classifier.engine import Engine
 from shared.classifier.inference import infer_batches
 from shared.classifier.model import FEATURE_DIM
-from shared.classifier.preprocessing import open_image, resize, scale_pixels
+from shared.classifier.preprocessing import PREPROCESSING_VERSION, open_image, resize, scale_pixels
 
 CHUNK_SIZE = 256
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,14 @@ class FeatureSpec:
     view: int = 0  # 0 is the plain image; each further view is one random augmentation
     augmentation: Augmentation | None = None
     seed: int = 0
+    layer: str = "avg_pool"  # the network's output: pooled features, or add_11's maps
+    shape: tuple[int, ...] = (FEATURE_DIM,)
+    dtype: str = "float32"
 
 
 @dataclass
 class FeatureSet:
-    features: np.ndarray  # (n, feature_dim) float32; zeros where unreadable
+    features: np.ndarray  # (n, *spec.shape) of spec.dtype; zeros where unreadable
     readable: np.ndarray  # (n,) bool
     computed: int  # images that went through the network (cache misses)
 
@@ -91,6 +97,9 @@ def _chunk_key(hashes: list[str], spec: FeatureSpec) -> str:
     description = {
         "format": CACHE_FORMAT,
         "input_size": spec.input_size,
+        "preprocessing": PREPROCESSING_VERSION,
+        "layer": spec.layer,
+        "dtype": spec.dtype,
         "base": spec.base_identity,
         "view": spec.view,
         "augmentation": asdict(spec.augmentation) if spec.view and spec.augmentation else None,
@@ -125,11 +134,11 @@ def _run_chunk(
         for output in batch.outputs:
             if isinstance(output, str):
                 readable.append(False)
-                rows.append(np.zeros(FEATURE_DIM, np.float32))
+                rows.append(np.zeros(spec.shape, spec.dtype))
             else:
                 readable.append(True)
-                rows.append(output)
-    return np.stack(rows).astype(np.float32), np.asarray(readable, dtype=bool)
+                rows.append(np.asarray(output, dtype=spec.dtype))
+    return np.stack(rows), np.asarray(readable, dtype=bool)
 
 
 def _save_atomically(path: Path, features: np.ndarray, readable: np.ndarray) -> None:

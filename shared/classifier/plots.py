@@ -37,7 +37,12 @@ def plot_confusion_matrix(report: dict[str, Any], path: Path, title: str) -> Non
     plt.close(figure)
 
 
-def plot_training_curves(history: dict[str, list[float]], best_epoch: int, path: Path) -> None:
+def plot_training_curves(
+    history: dict[str, list[float]],
+    best_epoch: int,
+    path: Path,
+    title: str = "Head training on cached Xception features",
+) -> None:
     plt = _pyplot()
     epochs = range(1, len(history["loss"]) + 1)
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
@@ -52,7 +57,7 @@ def plot_training_curves(history: dict[str, list[float]], best_epoch: int, path:
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.suptitle("Head training on cached Xception features")
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -11,6 +11,8 @@ from PIL import Image, ImageOps
 from shared.errors import ImageTooLarge, UnreadableImage
 
 DEFAULT_INPUT_SIZE = 299
+# Bump when `preprocess` changes what it returns: cached network outputs are keyed by it.
+PREPROCESSING_VERSION = 1
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 

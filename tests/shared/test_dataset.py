@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.classifier.dataset import list_labelled_images, stratified_split
+from shared.classifier.dataset import (
+    drop_duplicates,
+    list_labelled_images,
+    stratified_split,
+    stratified_three_way,
+)
+from shared.classifier.features import content_hashes
 from shared.classifier.labels import CLASSES
 from shared.errors import InvalidInput
 
@@ -57,3 +63,33 @@ def test_empty_folder_says_what_it_expected(tmp_path: Path) -> None:
     (tmp_path / "sea").mkdir()
     with pytest.raises(InvalidInput, match="no images"):
         list_labelled_images(tmp_path)
+
+
+def test_duplicates_with_disagreeing_labels_go_entirely_and_agreeing_ones_keep_one(
+    tmp_path: Path,
+) -> None:
+    files = {
+        "buildings/a.jpg": b"same photo, two classes",
+        "street/b.jpg": b"same photo, two classes",
+        "forest/c.jpg": b"one photo, twice",
+        "forest/d.jpg": b"one photo, twice",
+        "sea/e.jpg": b"unique",
+    }
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    images = list_labelled_images(tmp_path)
+    kept, report = drop_duplicates(images, content_hashes([i.path for i in images]))
+    assert sorted(images[i].name for i in kept) == ["forest/c.jpg", "sea/e.jpg"]
+    assert report.conflicting == ["buildings/a.jpg", "street/b.jpg"]
+    assert report.repeated == ["forest/d.jpg"]
+
+
+def test_three_way_split_is_stratified_disjoint_and_seeded() -> None:
+    labels = [0] * 200 + [1] * 100 + [2] * 40
+    train, validation, test = stratified_three_way(labels, 0.15, 0.15, seed=42)
+    # Together every position once: so no position is in two splits.
+    assert sorted(train + validation + test) == list(range(len(labels)))
+    assert Counter(labels[i] for i in test) == {0: 30, 1: 15, 2: 6}
+    assert Counter(labels[i] for i in validation) == {0: 30, 1: 15, 2: 6}
+    assert stratified_three_way(labels, 0.15, 0.15, seed=42) == (train, validation, test)
