@@ -66,6 +66,9 @@ class ItemOut(BaseModel):
     finished_at: datetime | None
     inference_ms: float | None
     reused: bool = Field(description="Identical bytes were already classified by this model")
+    model_version: str | None = Field(
+        default=None, description="The model (weights and precision) that produced the result"
+    )
 
     @classmethod
     def of(cls, item: Item) -> ItemOut:
@@ -82,6 +85,7 @@ class ItemOut(BaseModel):
             finished_at=item.finished_at,
             inference_ms=item.inference_ms,
             reused=item.reused_from is not None,
+            model_version=item.model_version,
         )
 
 

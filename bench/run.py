@@ -73,6 +73,7 @@ def bench_baseline(paths: list[Path], weights: str) -> dict[str, Any]:
     import keras
 
     network = load_classifier(DEFAULT_MODEL_PATH, weights, "tensorflow").network
+    assert network is not None  # the fp32 reference network, built with Keras
 
     def classify(path: Path) -> None:
         image = keras.utils.load_img(path, target_size=(299, 299))
@@ -98,9 +99,8 @@ def bench_engines(paths: list[Path], weights: str) -> list[dict[str, Any]]:
     configs: list[tuple[str, Backend, Precision]] = [
         ("tensorflow", "tensorflow", "fp32"),
         ("openvino", "openvino", "fp32"),
+        ("openvino-int8", "openvino", "int8"),  # the shipped form serving runs
     ]
-    if int8_state(weights)[0]:
-        configs.append(("openvino-int8", "openvino", "int8"))
     for backend, engine, precision in configs:
         classifier = load_classifier(
             DEFAULT_MODEL_PATH, weights, engine, cache_dir=CACHE_DIR, precision=precision
@@ -123,16 +123,12 @@ def bench_engines(paths: list[Path], weights: str) -> list[dict[str, Any]]:
     return rows
 
 
-def int8_state(weights: str) -> tuple[bool, bool]:
-    """(an INT8 form is cached, INFERENCE_PRECISION=auto would use it) for the shipped model."""
-    from shared.classifier.artifact import read_manifest
-    from shared.classifier.model import base_weights_identity, engine_cache, int8_verdict
+def served_precision() -> str:
+    """What INFERENCE_PRECISION=auto runs for the shipped model."""
+    from shared.classifier.artifact import FineTunedManifest, read_any_manifest
 
-    version = read_manifest(DEFAULT_MODEL_PATH).version
-    model_file, accepted = int8_verdict(
-        engine_cache(CACHE_DIR, version, base_weights_identity(weights))
-    )
-    return model_file is not None, accepted
+    manifest = read_any_manifest(DEFAULT_MODEL_PATH)
+    return manifest.serving.precision if isinstance(manifest, FineTunedManifest) else "fp32"
 
 
 def _zip(paths: list[Path]) -> bytes:
@@ -329,15 +325,6 @@ def main() -> None:
     e2e_paths = paths[95 : 95 + args.images]
     busy_paths = paths[95 + args.images : 95 + args.images + 400]
 
-    if not int8_state(weights)[0]:
-        # Same as `intel-classifier quantize`: the service's default (auto) uses INT8
-        # only if this step finds it keeps accuracy, so measure what users would run.
-        log("no INT8 model cached for this model version: quantizing (about 8 minutes)")
-        from shared.classifier.quantization import quantize_model
-
-        report = quantize_model(every, DEFAULT_MODEL_PATH, weights, CACHE_DIR)
-        log(f"INT8 accuracy drop {report['accuracy_drop']:.4f}, accepted: {report['accepted']}")
-
     results: dict[str, Any] = {"machine": machine()}
     log("baseline")
     results["baseline"] = bench_baseline(baseline_paths, weights)
@@ -346,7 +333,7 @@ def main() -> None:
     work = Path(os.environ.get("BENCH_WORKDIR", "/tmp")) / f"intel-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     results["service"] = bench_service(latency_paths, e2e_paths, busy_paths, work)
-    results["service"]["precision"] = "int8" if int8_state(weights)[1] else "fp32"
+    results["service"]["precision"] = served_precision()
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -110,13 +110,17 @@ class Settings(BaseSettings):
     base_weights: str = Field(
         default="imagenet",
         description=(
-            "Xception base weights: `imagenet` (downloaded by Keras), a path to a "
+            "Xception base weights, needed only to train, export or run "
+            "INFERENCE_PRECISION=fp32: `imagenet` (downloaded by Keras), a path to a "
             "`.weights.h5`/`.h5` file, or `none` for random weights (tests only)."
         ),
     )
     model_path: Path = Field(
         default=DEFAULT_MODEL_PATH,
-        description="Trained model: an artifact folder (manifest + head weights) or a .keras file.",
+        description=(
+            "Trained model: a model folder (the shipped one carries its INT8 OpenVINO form) "
+            "or a .keras file."
+        ),
     )
     inference_backend: Literal["auto", "openvino", "tensorflow"] = Field(
         default="auto",
@@ -124,7 +128,10 @@ class Settings(BaseSettings):
     )
     inference_precision: Literal["auto", "fp32", "int8"] = Field(
         default="auto",
-        description="auto: the INT8 model when `quantize` made one that kept accuracy",
+        description=(
+            "auto/int8: the model's shipped INT8 form (OpenVINO only); fp32: the reference "
+            "network, built with TensorFlow from BASE_WEIGHTS"
+        ),
     )
     inference_batch_size: int = Field(default=16, ge=1, le=256)
     max_image_pixels: int = Field(

@@ -107,7 +107,7 @@ def holdout_sample(train_dir: Path, per_class: int) -> list[Any]:
     from shared.classifier.evaluation import select_holdout
     from shared.settings import DEFAULT_MODEL_PATH
 
-    manifest = artifact.read_manifest(DEFAULT_MODEL_PATH)
+    manifest = artifact.read_any_manifest(DEFAULT_MODEL_PATH)
     chosen: list[Any] = []
     for image in select_holdout(list_labelled_images(train_dir), manifest):
         if sum(c.label == image.label for c in chosen) < per_class:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.classifier.inference import infer_batches, to_prediction
+from shared.classifier.model import Classifier
 from shared.classifier.preprocessing import preprocess
 from shared.errors import UploadMissing
 from shared.services import outbox
@@ -78,7 +79,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
     )
     for batch in batches:
         results = [
-            _result(item, output, classifier.classes)
+            _result(item, output, classifier)
             for item, output in zip(batch.items, batch.outputs, strict=True)
         ]
         with session_scope(runtime.settings, sender=runtime.queue) as session:
@@ -102,13 +103,19 @@ def process_job(job_id: str, runtime: Runtime) -> None:
             outbox.add_job(session, job_id)
 
 
-def _result(item: Claimed, output: np.ndarray | str, classes: tuple[str, ...]) -> ItemResult:
+def _result(item: Claimed, output: np.ndarray | str, classifier: Classifier) -> ItemResult:
     if isinstance(output, str):
         log.warning("item failed: %s", output, extra={"job_id": item.job_id, "item_id": item.id})
         return ItemResult(item.id, item.job_id, None, None, None, output)
-    prediction = to_prediction(item.filename, output, classes)
+    prediction = to_prediction(item.filename, output, classifier.classes)
     return ItemResult(
-        item.id, item.job_id, prediction.label, prediction.confidence, prediction.scores, None
+        item.id,
+        item.job_id,
+        prediction.label,
+        prediction.confidence,
+        prediction.scores,
+        None,
+        model_version=classifier.version,
     )
 
 

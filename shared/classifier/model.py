@@ -1,7 +1,11 @@
-"""The network: a frozen Xception base, GAP, and a small trainable head.
+"""The network and how a model folder is loaded for inference.
 
-TensorFlow and Keras are imported inside functions so that importing this
-module stays cheap for processes that never run the model.
+Model v2 folders (`intel-classifier/finetuned-v2`, the shipped `models/default`)
+carry their serving form, the whole network as OpenVINO INT8 IR: loading it
+needs OpenVINO and nothing else. Their fp32 reference form, and v1 folders (a
+frozen base plus a head), are built with Keras from BASE_WEIGHTS.
+
+TensorFlow and Keras are imported inside functions, and only on those paths.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from typing import Any, Literal
 import numpy as np
 
 from shared.classifier import artifact
-from shared.classifier.engine import Backend, Engine, make_engine, resolve_backend
+from shared.classifier.engine import (
+    Backend,
+    Engine,
+    compile_openvino,
+    make_engine,
+    resolve_backend,
+)
 from shared.classifier.labels import CLASSES
 from shared.errors import ModelError
 
@@ -97,23 +107,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Classifier:
     """A loaded model ready for batches of preprocessed images."""
 
-    network: Any  # the composed Keras model: image -> logits
+    network: Any | None  # the composed Keras model (image -> logits); None when serving IR
     engine: Engine
     classes: tuple[str, ...]
     input_size: int
-    version: str
-    manifest: artifact.Manifest | None = None
+    version: str  # identifies weights and precision: results are reused only within it
+    manifest: artifact.Manifest | artifact.FineTunedManifest | None = None
+    temperature: float = 1.0  # logits are divided by it: calibrated confidence
+    precision: str = "fp32"
+    engine_name: str = "openvino"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (n, classes), for preprocessed images (n, size, size, 3)."""
         if len(batch) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return softmax(self.engine(batch).astype(np.float64)).astype(np.float32)
+        logits = self.engine(batch).astype(np.float64) / self.temperature
+        return softmax(logits).astype(np.float32)
 
     def save_keras(self, path: Path) -> None:
         """A complete single-file model (base included) that `load_classifier` accepts."""
         if path.suffix != ".keras":
             raise ModelError(f"a complete model file must end in .keras, not {path.name!r}")
+        if self.network is None:
+            raise ModelError("this classifier runs the shipped IR; load it with precision fp32")
         self.network.save(path)
 
 
@@ -131,6 +147,11 @@ def load_classifier(
     `intel-classifier quantize` made one that kept accuracy ("int8" insists).
     """
     if artifact.is_artifact(model_path):
+        manifest = artifact.read_any_manifest(model_path)
+        if isinstance(manifest, artifact.FineTunedManifest):
+            return _load_finetuned(
+                model_path, manifest, base_weights, backend, cache_dir, precision
+            )
         return _load_artifact(model_path, base_weights, backend, cache_dir, precision)
     if model_path.is_file() and model_path.suffix == ".keras":
         return _load_keras_file(model_path, backend, cache_dir)
@@ -208,6 +229,53 @@ def _load_artifact(
         input_size=manifest.input_size,
         version=manifest.version,
         manifest=manifest,
+    )
+
+
+def _load_finetuned(
+    folder: Path,
+    manifest: artifact.FineTunedManifest,
+    base_weights: str,
+    backend: Backend,
+    cache_dir: Path | None,
+    precision: Precision,
+) -> Classifier:
+    """The shipped IR for "auto"/"int8" (OpenVINO only); the Keras reference for "fp32"."""
+    serving = manifest.serving
+    wants_ir = precision in {"auto", "int8"} and backend != "tensorflow"
+    if wants_ir:
+        xml = folder / serving.xml
+        if not xml.is_file() or not xml.with_suffix(".bin").is_file():
+            raise ModelError(f"{str(folder)!r} lacks its serving form {serving.xml} (+ .bin)")
+        return Classifier(
+            network=None,
+            engine=compile_openvino(xml),
+            classes=tuple(manifest.classes),
+            input_size=manifest.input_size,
+            version=manifest.version_for(serving.precision),
+            manifest=manifest,
+            temperature=manifest.temperature,
+            precision=serving.precision,
+        )
+    if precision == "int8":
+        raise ModelError("INFERENCE_PRECISION=int8 runs the shipped IR, which needs OpenVINO")
+    from shared.classifier.finetune import Network
+
+    network = Network(base_weights, manifest.input_size, manifest.dense_units, manifest.dropout)
+    network.load_top(folder / manifest.top_weights)
+    complete = network.complete()
+    version = manifest.version_for("fp32")
+    chosen = resolve_backend(backend)
+    return Classifier(
+        network=complete,
+        engine=make_engine(complete, chosen, engine_cache(cache_dir, version, "fp32")),
+        classes=tuple(manifest.classes),
+        input_size=manifest.input_size,
+        version=version,
+        manifest=manifest,
+        temperature=manifest.temperature,
+        precision="fp32",
+        engine_name=chosen,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.classifier.artifact import FineTunedManifest
 from shared.classifier.dataset import LabelledImage, stratified_split
 from shared.classifier.evaluation import evaluate_images, select_holdout
 from shared.classifier.model import (
@@ -47,6 +48,11 @@ def quantize_model(
 
     fp32 = load_classifier(model_path, base_weights, "openvino", cache_dir, precision="fp32")
     manifest = fp32.manifest
+    if isinstance(manifest, FineTunedManifest):
+        raise InvalidInput(
+            "this model ships its INT8 form (made and accepted by `intel-classifier train`); "
+            "quantize applies to frozen-base (v1) models only"
+        )
     if manifest is None or "seed" not in manifest.training:
         raise InvalidInput("quantization needs a model artifact whose manifest records its split")
     fp32_file = engine_cache(cache_dir, manifest.version, base_weights_identity(base_weights))

@@ -154,6 +154,8 @@ class Item(Base):
     batch_id: Mapped[str | None] = mapped_column(String(36))
     # Set when identical bytes were already classified by the same model version.
     reused_from: Mapped[str | None] = mapped_column(String(36))
+    # The model (weights and precision, e.g. "3f2a9c1b7d4e-int8") that made the result.
+    model_version: Mapped[str | None] = mapped_column(String(64))
 
     job: Mapped[Job] = relationship(back_populates="items")
 

@@ -38,6 +38,7 @@ class ItemResult:
     scores: dict[str, float] | None
     error: str | None
     reused_from: str | None = None
+    model_version: str | None = None  # the model (weights and precision) that made it
 
 
 def claim_items(session: Session, job_id: str, limit: int, model_version: str) -> list[Claimed]:
@@ -137,7 +138,7 @@ def find_known_results(
             Item.sha256.in_(hashes),
             Item.status == ItemStatus.SUCCEEDED,
             Item.reused_from.is_(None),
-            Job.model_version == model_version,
+            Item.model_version == model_version,
         )
     )
     for row in rows:
@@ -155,6 +156,7 @@ def find_known_results(
                     match.scores,
                     None,
                     reused_from=match.id,
+                    model_version=model_version,
                 )
             )
     return results
@@ -227,6 +229,7 @@ def write_item_results(
             scores=bindparam("new_scores"),
             error=bindparam("new_error"),
             reused_from=bindparam("new_reused_from"),
+            model_version=bindparam("new_model_version"),
             batch_id=batch_id,
             finished_at=utcnow(),
             inference_ms=inference_ms,
@@ -240,6 +243,7 @@ def write_item_results(
                 "new_scores": r.scores,
                 "new_error": r.error,
                 "new_reused_from": r.reused_from,
+                "new_model_version": r.model_version,
             }
             for r in written
         ],

@@ -146,13 +146,13 @@ def _job(
 
 
 def _results(
-    claimed: list[Claimed], label: str = "sea", fail: set[str] | None = None
+    claimed: list[Claimed], label: str = "sea", fail: set[str] | None = None, version: str = "v1"
 ) -> list[ItemResult]:
     fail = fail or set()
     return [
         ItemResult(c.id, c.job_id, None, None, None, "broken")
         if c.filename in fail
-        else ItemResult(c.id, c.job_id, label, 0.9, {label: 0.9}, None)
+        else ItemResult(c.id, c.job_id, label, 0.9, {label: 0.9}, None, model_version=version)
         for c in claimed
     ]
 
@@ -314,9 +314,10 @@ def test_identical_bytes_reuse_the_stored_result_of_the_same_model_version(datab
     with scope(write=False) as session:
         items = session.scalars(select(Item).where(Item.job_id == again)).all()
         assert {(i.label, i.reused_from is not None) for i in items} == {("glacier", True)}
-    with scope() as session:  # another model version must run the model again
-        claimed = claim_items(session, other_model, 1, "v2")
-        reused, to_run = reuse_known_results(session, claimed, "v2", worker="w")
+        assert {i.model_version for i in items} == {"v1"}  # each item names its model
+    with scope() as session:  # the same weights at another precision run the model again
+        claimed = claim_items(session, other_model, 1, "v1-fp32")
+        reused, to_run = reuse_known_results(session, claimed, "v1-fp32", worker="w")
     assert (reused, len(to_run)) == ([], 1)
 
 

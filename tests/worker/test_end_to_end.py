@@ -36,7 +36,7 @@ pytestmark = pytest.mark.model
 @pytest.fixture(scope="module")
 def holdout_images(train_dir: Path) -> list[LabelledImage]:
     """Two images per class that the shipped model never trained on."""
-    manifest = artifact.read_manifest(DEFAULT_MODEL_PATH)
+    manifest = artifact.read_any_manifest(DEFAULT_MODEL_PATH)
     chosen: list[LabelledImage] = []
     for image in select_holdout(list_labelled_images(train_dir), manifest):
         if sum(c.label == image.label for c in chosen) < 2:
@@ -105,7 +105,9 @@ def test_zip_of_real_and_broken_files(
         assert job["status"] == "partially_succeeded", service.logs()
         assert (job["total"], job["succeeded"], job["failed"]) == (15, 13, 2)
         assert job["progress"] == 1.0
-        assert job["model_version"] == artifact.read_manifest(DEFAULT_MODEL_PATH).version
+        manifest = artifact.read_any_manifest(DEFAULT_MODEL_PATH)
+        assert isinstance(manifest, artifact.FineTunedManifest)
+        assert job["model_version"] == manifest.version_for(manifest.serving.precision)
         assert sum(job["summary"].values()) == 13
 
         pages: list[dict[str, Any]] = []
