@@ -1,17 +1,33 @@
-# One image for every process: `intel-classifier api`, `worker`, `migrate` or `serve`.
-FROM python:3.11-slim
-
+# One image per role, each with only what that role runs:
+#   docker build --target api     -t intel-image-classifier:api .      (no OpenVINO, no TensorFlow)
+#   docker build --target worker  -t intel-image-classifier:worker .   (OpenVINO; runs models/default)
+#   docker build --target trainer -t intel-image-classifier:trainer .  (TensorFlow too: train, export)
+# Every install is pinned by constraints.txt (`make lock` refreshes it).
+FROM python:3.11-slim AS base
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2 DATA_DIR=/data
 WORKDIR /app
-
-# Dependencies first, so code changes do not reinstall TensorFlow.
-COPY pyproject.toml README.md ./
+# Dependencies first, so code changes do not reinstall them.
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir -p intel_classifier api worker shared client \
     && touch intel_classifier/__init__.py api/__init__.py worker/__init__.py shared/__init__.py \
-       client/__init__.py \
-    && pip install -e '.[ml]'
+       client/__init__.py
+RUN useradd --create-home --uid 10001 app && mkdir -p /data && chown app /data
 
+FROM base AS api
+RUN pip install -c constraints.txt -e .
+COPY intel_classifier intel_classifier
+COPY api api
+COPY worker worker
+COPY shared shared
+COPY client client
+COPY migrations migrations
+USER app
+EXPOSE 9696
+CMD ["intel-classifier", "api", "--host", "0.0.0.0", "--port", "9696"]
+
+FROM base AS worker
+RUN pip install -c constraints.txt -e '.[worker]'
 COPY intel_classifier intel_classifier
 COPY api api
 COPY worker worker
@@ -19,8 +35,17 @@ COPY shared shared
 COPY client client
 COPY migrations migrations
 COPY models models
-
-RUN useradd --create-home --uid 10001 app && mkdir -p /data && chown app /data
 USER app
-EXPOSE 9696
-CMD ["intel-classifier", "serve", "--host", "0.0.0.0"]
+CMD ["intel-classifier", "worker"]
+
+FROM base AS trainer
+RUN pip install -c constraints.txt -e '.[train]'
+COPY intel_classifier intel_classifier
+COPY api api
+COPY worker worker
+COPY shared shared
+COPY client client
+COPY migrations migrations
+COPY models models
+USER app
+CMD ["intel-classifier", "--help"]

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export BASE_WEIGHTS ?= $(if $(wildcard $(SHARED)/models/xception_imagenet_notop.weights.h5),$(SHARED)/models/xception_imagenet_notop.weights.h5,imagenet)
 
-.PHONY: setup run test bench soak lint typecheck pytest clean
+.PHONY: setup run test bench soak lint typecheck pytest clean lock
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,17 @@ pytest: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Re-pin constraints.txt (used by the Dockerfile and CI; `make setup` honours
+# PIP_CONSTRAINT when it is set): resolve '.[dev]' afresh in a scratch venv.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# Pinned versions of every dependency of every role (pip constraints), made by"; \
+	  echo "# \`make lock\`: pip freeze of a fresh venv with '.[dev]'. Used by the Dockerfile and CI."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | LC_ALL=C sort -f; } > constraints.txt
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -62,3 +62,42 @@ def test_dockerfile_copies_paths_that_exist() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (PROJECT_ROOT / source).exists(), source
+
+
+def _installs_by_stage() -> dict[str, str]:
+    installs: dict[str, str] = {}
+    stage = ""
+    for line in (PROJECT_ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            stage = line.split()[-1]
+        elif line.startswith("RUN pip install"):
+            words = shlex.split(line)
+            assert words[3:5] == ["-c", "constraints.txt"], line  # every install is pinned
+            installs[stage] = words[-1]
+    return installs
+
+
+def test_each_role_image_installs_only_what_it_runs() -> None:
+    assert _installs_by_stage() == {"api": ".", "worker": ".[worker]", "trainer": ".[train]"}
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {r.split(">")[0].split("[")[0].split("=")[0] for r in requirements}
+
+    assert not names(project["dependencies"]) & {"tensorflow-cpu", "keras", "openvino"}
+    assert names(extras["worker"]) == {"openvino"}
+    assert {"tensorflow-cpu", "keras", "nncf"} <= names(extras["train"])
+    compose: dict[str, Any] = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    targets = {
+        name: s["build"]["target"] for name, s in compose["services"].items() if "build" in s
+    }
+    assert targets == {"migrate": "api", "api": "api", "worker": "worker", "webhooks": "api"}
+    fly = tomllib.loads((PROJECT_ROOT / "fly.toml").read_text())
+    assert fly["build"]["build-target"] == "worker"
+    pinned = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (PROJECT_ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    assert {"openvino", "tensorflow-cpu", "fastapi", "celery"} <= pinned
