@@ -80,11 +80,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'] if p != 'body')}: {error['msg']}"
+        fields = [
+            {"location": ".".join(str(p) for p in error["loc"]), "message": error["msg"]}
             for error in exc.errors()
+        ]
+        problems = "; ".join(f"{f['location']}: {f['message']}" for f in fields)
+        return error_response(
+            422, "invalid_request", problems or "invalid request", {"fields": fields}
         )
-        return error_response(422, "invalid_request", problems or "invalid request")
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

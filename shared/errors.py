@@ -34,6 +34,12 @@ class UnreadableImage(InvalidInput):
         self.name = name
 
 
+class ItemFailed(InvalidInput):
+    """An accepted image the worker could not classify; the message is the item's own error."""
+
+    code = "unreadable_image"
+
+
 class ImageTooLarge(InvalidInput):
     """More pixels than the limit: refused before decoding, which stops decompression bombs."""
 

@@ -15,7 +15,7 @@ from api.errors import ERROR_RESPONSES
 from api.schemas import PredictOut
 from api.waiting import wait_until_final
 from shared.db.models import Item, ItemStatus, Job
-from shared.errors import PredictTimeout, UnreadableImage
+from shared.errors import ItemFailed, PredictTimeout
 from shared.services import unit_of_work
 from shared.services.intake import Upload, require_one_image
 from shared.services.submission import submit_job
@@ -26,10 +26,14 @@ router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
 
 
 def _submit(
-    session: Session, storage: Storage, settings: Settings, upload: Upload, owner: str | None
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    upload: Upload | None,
+    owner: str | None,
 ) -> str:
-    require_one_image(upload)
-    submission = submit_job(session, storage, settings, [upload], owner_id=owner)
+    image = require_one_image(upload)
+    submission = submit_job(session, storage, settings, [image], owner_id=owner)
     unit_of_work.commit(session)
     return submission.job.id
 
@@ -52,13 +56,13 @@ async def predict(
     storage: StorageDep,
     settings: SettingsDep,
     caller: CallerDep,
-    file: Annotated[UploadFile, File(description="One image")],
+    file: Annotated[UploadFile | None, File(description="One image")] = None,
 ) -> PredictOut:
     """Classify one image and wait for the answer: `{"class": ..., "confidence": ...}`.
 
     The wait holds neither a thread nor a database connection (api/waiting.py).
     """
-    upload = Upload(file.filename or "upload", file.file)
+    upload = Upload(file.filename or "upload", file.file) if file is not None else None
     job_id = await run_in_threadpool(_submit, session, storage, settings, upload, caller.key_id)
     job: Job | None = await wait_until_final(session, job_id, settings.predict_timeout_seconds)
     if job is None:
@@ -69,7 +73,8 @@ async def predict(
         )
     item = await run_in_threadpool(_only_item, session, job_id)
     if item.status != ItemStatus.SUCCEEDED or item.label is None:
-        raise UnreadableImage(item.filename, item.error or "not classified")
+        # The item's error already names the file and the reason: said once, as recorded.
+        raise ItemFailed(item.error or f"{item.filename!r} was not classified")
     return PredictOut(
         label=item.label,
         confidence=item.confidence or 0.0,

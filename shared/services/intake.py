@@ -55,13 +55,20 @@ class StagedItem:
     error: str | None
 
 
+# The one sentence each route says when its upload is missing (or sent under another name).
+JOB_FILES_FIELD = "send an image or a .zip as the multipart field `file` (more as `files`)"
+ONE_IMAGE_FIELD = "send one image as the multipart field `file`"
+
+
 def storage_prefix(job_id: str) -> str:
     """Every stored file of a job lives under its id, so deleting a job is one prefix."""
     return job_id
 
 
-def require_one_image(upload: Upload) -> None:
+def require_one_image(upload: Upload | None) -> Upload:
     """For calls that answer with one label: an archive is refused before anything is stored."""
+    if upload is None:
+        raise InvalidInput(f"no file uploaded: {ONE_IMAGE_FIELD}")
     head = upload.stream.read(8)
     upload.stream.seek(0)
     if head.startswith(ZIP_MAGIC):
@@ -69,6 +76,7 @@ def require_one_image(upload: Upload) -> None:
             f"{upload.filename!r} is a zip archive; POST /predict takes one image "
             "(send archives to POST /jobs)"
         )
+    return upload
 
 
 def stage_uploads(
@@ -76,7 +84,7 @@ def stage_uploads(
 ) -> list[StagedItem]:
     """Store every image of `uploads`; on any refusal, remove what was stored and raise."""
     if not uploads:
-        raise InvalidInput("no file uploaded: send an image or a .zip as `file` or `files`")
+        raise InvalidInput(f"no file uploaded: {JOB_FILES_FIELD}")
     staged: list[StagedItem] = []
     try:
         for upload in uploads:
@@ -116,6 +124,8 @@ def _expand(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, st
         yield from _expand_zip(upload, settings)
         return
     data = _read_limited(upload.stream, settings.max_image_bytes, upload.filename)
+    if not data:
+        raise InvalidInput(f"{upload.filename!r} is an empty file (0 bytes)")
     pixels = header_pixels(data)
     if pixels is None:
         raise UnsupportedMediaType(
@@ -249,6 +259,8 @@ def _read_entry(
 
 
 def _entry_problem(data: bytes, name: str, settings: Settings) -> str | None:
+    if not data:
+        return "an empty file (0 bytes)"
     pixels = header_pixels(data)
     if pixels is None:
         if data[:4] in ZIP_MAGIC:

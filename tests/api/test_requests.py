@@ -158,6 +158,7 @@ def test_image_over_the_pixel_limit(client: httpx.Client) -> None:
             "not a readable zip",
         ),
         ([], 422, "invalid_input", "no file uploaded"),
+        ([("empty.jpg", b"")], 422, "invalid_input", "'empty.jpg' is an empty file (0 bytes)"),
     ],
 )
 def test_bad_uploads_are_refused_clearly(
@@ -279,3 +280,23 @@ def test_the_api_never_imports_tensorflow(tmp_path: Path) -> None:
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, env=service_env(tmp_path), timeout=60)
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/predict"])
+def test_a_missing_or_misnamed_file_gets_the_same_sentence_on_every_route(
+    client: httpx.Client, path: str
+) -> None:
+    response = client.post(path, files={"image": ("a.jpg", b"\xff\xd8\xff")})
+    error = error_of(response, 422)
+    assert error["code"] == "invalid_input"
+    assert error["message"].startswith("no file uploaded: send ")
+    assert "multipart field `file`" in error["message"]
+
+
+def test_validation_errors_keep_each_field_and_its_location(client: httpx.Client) -> None:
+    response = client.get("/jobs", params={"limit": "0", "status": "bogus"})
+    error = error_of(response, 422)
+    assert error["code"] == "invalid_request"
+    locations = {field["location"] for field in error["details"]["fields"]}
+    assert locations == {"query.limit", "query.status"}
+    assert all(field["message"] for field in error["details"]["fields"])

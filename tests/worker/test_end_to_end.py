@@ -173,6 +173,15 @@ def test_the_old_demo_call_still_works(
     )
     assert broken.status_code in {415, 422}
     assert "x.jpg" in broken.json()["error"]["message"]
+    # Decodable header, truncated body: the worker's reason, said once.
+    whole = image.path.read_bytes()
+    truncated = httpx.post(
+        f"{service.url}/predict", files={"file": ("cut.jpg", whole[: len(whole) // 2])}, timeout=60
+    )
+    error = truncated.json()["error"]
+    assert (truncated.status_code, error["code"]) == (422, "unreadable_image")
+    assert error["message"].count("cannot read image") == 1, error["message"]
+    assert "cut.jpg" in error["message"]
 
 
 def test_concurrent_single_image_jobs_share_batches(service: Service, train_dir: Path) -> None:
