@@ -18,6 +18,7 @@ from shared.settings import get_settings
 if TYPE_CHECKING:
     from shared.classifier.inference import Prediction
     from shared.classifier.model import Classifier, Precision
+    from shared.settings import Settings
 
 app = typer.Typer(
     help="Classify scene photos (buildings, forest, glacier, mountain, sea, street).",
@@ -396,6 +397,7 @@ def api(
 @app.command()
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    quiet: Annotated[bool, typer.Option(help="Without Celery's start-up banner.")] = False,
 ) -> None:
     """Run one classification worker: loads the model once, then takes batches."""
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
@@ -408,6 +410,7 @@ def worker(
     # prefork, because only a pool child can be killed at a task's hard time limit.
     celery_app.worker_main(
         [
+            *(["--quiet"] if quiet else []),
             "worker",
             "--pool=prefork",
             "--concurrency=1",
@@ -422,6 +425,7 @@ def worker(
 def webhooks(
     concurrency: Annotated[int, typer.Option(help="Deliveries in flight at once.")] = 8,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    quiet: Annotated[bool, typer.Option(help="Without Celery's start-up banner.")] = False,
 ) -> None:
     """Run one webhook delivery worker (no model; threads, so slow receivers do not block)."""
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
@@ -432,6 +436,7 @@ def webhooks(
     runtime.role = "webhooks"
     celery_app.worker_main(
         [
+            *(["--quiet"] if quiet else []),
             "worker",
             "--pool=threads",
             f"--concurrency={concurrency}",
@@ -474,13 +479,55 @@ def serve(
     # One machine: inference yields the CPU to the API, so uploads never wait on it.
     worker_env = {"WORKER_NICE": "10", **os.environ}
     supervisor = Supervisor(preexec=die_with_parent)
-    supervisor.add("worker", [sys.executable, "-m", "intel_classifier", "worker"], worker_env)
-    supervisor.add("webhook worker", [sys.executable, "-m", "intel_classifier", "webhooks"])
+    command = [sys.executable, "-m", "intel_classifier"]
+    supervisor.add("worker", [*command, "worker", "--quiet"], worker_env)
+    supervisor.add("webhook worker", [*command, "webhooks", "--quiet"])
     supervisor.run_in_background()  # a worker that dies is started again, with backoff
+    bound = host or settings.host
+    reachable = "127.0.0.1" if bound in {"0.0.0.0", "::", ""} else bound
+    announce_when_ready(settings, f"http://{reachable}:{port or settings.port}")
     try:
         api(host=host, port=port)
     finally:
         supervisor.stop()
+        typer.echo("stopped: the API and both workers", err=True)
+
+
+def announce_when_ready(settings: Settings, url: str) -> None:
+    """Print one line once the API answers and a worker holds the model (from a thread)."""
+    import threading
+    import time
+
+    import httpx
+
+    from shared.classifier.artifact import FineTunedManifest, read_any_manifest
+
+    def describe_model() -> str:
+        try:
+            manifest = read_any_manifest(settings.model_path)
+        except Exception:
+            return str(settings.model_path)
+        if isinstance(manifest, FineTunedManifest) and settings.inference_precision != "fp32":
+            precision = manifest.serving.precision
+            return f"model {manifest.version_for(precision)} (OpenVINO, {precision.upper()})"
+        return f"model {manifest.version} ({settings.inference_backend}, fp32)"
+
+    def wait() -> None:
+        while True:
+            try:
+                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if ready:
+                typer.secho(
+                    f"ready: {url} — {describe_model()}; Ctrl-C stops everything",
+                    err=True,
+                    fg="green",
+                )
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=wait, name="ready-line", daemon=True).start()
 
 
 @app.command()

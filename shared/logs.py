@@ -69,9 +69,22 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{ids}]" if ids else line
 
 
+class DropKnownNoise(logging.Filter):
+    """Messages that alarm and mean nothing here, said on every start."""
+
+    NOISE = (
+        # kombu, for the embedded broker's URL, which has no host by design.
+        "No hostname was supplied",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(str(record.msg).startswith(noise) for noise in self.NOISE)
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
+    handler.addFilter(DropKnownNoise())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

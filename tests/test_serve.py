@@ -46,8 +46,19 @@ def test_sigterm_to_serve_stops_its_workers(tmp_path: Path) -> None:
     assert len(children) == 2  # the classification worker and the webhook worker
     # The embedded default runs without keys, and says so.
     assert "API keys are off (AUTH_ENABLED=false)" in serve.output()
+    # One line says when it is ready, with what model; nothing alarming comes before it.
+    ready = wait_for(
+        lambda: next((line for line in serve.output().splitlines() if "ready: " in line), None),
+        120,
+        "the ready line",
+    )
+    assert f"ready: {service.url} — model " in ready
+    assert "Ctrl-C stops everything" in ready
+    for noise in ("-------------- celery@", "No hostname was supplied", "[config]"):
+        assert noise not in serve.output()
     serve.stop(signal.SIGTERM)
     wait_for(lambda: not any(_alive(pid) for pid in children), 60, "the workers to exit")
+    assert "stopped: the API and both workers" in serve.output()
 
 
 def _worker_pid(serve_pid: int) -> int:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "int8"]
 FEATURE_DIM = 2048  # channels of Xception's last block, the head's input
+WEIGHTS_HINT = "e.g. ../shared/models/xception_imagenet_notop.weights.h5"
 
 
 def base_weights_identity(weights: str) -> str:
@@ -63,7 +64,10 @@ def build_base(weights: str, input_size: int) -> Any:
 
     source: str | None = None if weights == "none" else weights
     if source not in {None, "imagenet"} and not Path(weights).is_file():
-        raise ModelError(f"BASE_WEIGHTS file {weights!r} does not exist")
+        raise ModelError(
+            f"BASE_WEIGHTS file {weights!r} does not exist; set BASE_WEIGHTS to an Xception "
+            f"no-top weights file ({WEIGHTS_HINT})"
+        )
     try:
         base = keras.applications.Xception(
             include_top=False,
@@ -72,6 +76,12 @@ def build_base(weights: str, input_size: int) -> Any:
             pooling="avg",
         )
     except Exception as exc:  # Keras raises bare ValueErrors and URL errors here
+        if source == "imagenet":
+            raise ModelError(
+                f"cannot download the ImageNet base weights ({exc}); offline, set BASE_WEIGHTS "
+                f"to a local copy ({WEIGHTS_HINT}). Serving the shipped model needs none: "
+                "use INFERENCE_PRECISION=auto"
+            ) from exc
         raise ModelError(f"cannot load Xception base weights {weights!r}: {exc}") from exc
     base.trainable = False
     return base

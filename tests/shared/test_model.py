@@ -163,6 +163,13 @@ def test_shipped_model_backends_agree_on_real_images(train_dir: Path, base_weigh
     assert (openvino.argmax(axis=1) == tensorflow.argmax(axis=1)).all()
     assert np.abs(openvino - tensorflow).max() < 1e-3
 
+    # The shipped INT8 form, run with no base weights at all, agrees with the reference.
+    shipped = load_classifier(DEFAULT_MODEL_PATH, "none", "auto", precision="auto")
+    manifest = artifact.read_any_manifest(DEFAULT_MODEL_PATH)
+    assert isinstance(manifest, artifact.FineTunedManifest)
+    assert shipped.version == manifest.version_for("int8") != manifest.version_for("fp32")
+    assert (shipped.predict(arrays).argmax(axis=1) == openvino.argmax(axis=1)).sum() >= 11
+
 
 def test_int8_quantization_reports_both_accuracies_and_auto_follows_it(
     trained: TrainResult, tiny_dataset: Path, batch: np.ndarray, base_weights: str, tmp_path: Path
