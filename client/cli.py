@@ -35,6 +35,12 @@ def register(app: typer.Typer) -> None:
     app.command()(cancel)
 
 
+# Exit statuses, the same for every command: 0 done; 1 done, but some items failed;
+# 2 a usage error (Click's own, or an argument this command cannot use);
+# 3 the service refused the request or could not be reached.
+EXIT_SOME_FAILED, EXIT_USAGE, EXIT_REFUSED = 1, 2, 3
+
+
 @contextmanager
 def _connected(server: str, api_key: str | None) -> Iterator[Client]:
     try:
@@ -42,10 +48,21 @@ def _connected(server: str, api_key: str | None) -> Iterator[Client]:
             yield client
     except ClientError as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")
-        raise typer.Exit(2) from exc
-    except (httpx.HTTPError, FileNotFoundError) as exc:
+        raise typer.Exit(EXIT_REFUSED) from exc
+    except httpx.TransportError as exc:
+        typer.secho(
+            f"error: cannot reach the service at {server} ({exc}); start it with `make run`, "
+            "or point --server (INTEL_CLASSIFIER_URL) at it",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(EXIT_REFUSED) from exc
+    except httpx.HTTPError as exc:
+        typer.secho(f"error: {server}: {exc}", err=True, fg="red")
+        raise typer.Exit(EXIT_REFUSED) from exc
+    except FileNotFoundError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(EXIT_USAGE) from exc
 
 
 def submit(
@@ -75,7 +92,7 @@ def submit(
             typer.echo(f"wrote {output}", err=True)
         _print_summary(job)
     if job.failed or job.status != "succeeded":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def status(
@@ -125,7 +142,7 @@ def _format_of(path: Path) -> str:
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in {"csv", "json", "jsonl"}:
         typer.secho(f"error: --output must end in .csv, .json or .jsonl, not {path.name}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USAGE)
     return suffix
 
 

@@ -285,7 +285,11 @@ def classify(
             failed += not prediction.ok
             yield prediction
 
-    if output is None:
+    if output is None and sys.stderr.isatty() and sys.stdout.isatty():
+        # One terminal shows both: the bar ends before the first row, never inside one.
+        rows = list(tracked())
+        write_predictions(iter(rows), sys.stdout, "csv")
+    elif output is None:
         write_predictions(tracked(), sys.stdout, "csv")
     else:
         with output.open("w", newline="") as stream:

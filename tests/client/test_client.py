@@ -14,7 +14,7 @@ import pytest
 
 from client import Client, ClientError, Job
 from shared.classifier.labels import CLASSES
-from testkit.processes import Service
+from testkit.processes import Service, free_port
 from tests.conftest import holdout_sample
 
 pytestmark = pytest.mark.model
@@ -99,11 +99,22 @@ def test_status_results_and_cancel_commands(
     assert results.stdout.splitlines()[0].startswith("filename,status,class,confidence")
     assert len(results.stdout.splitlines()) == 2
     cancel = run_cli(service, key, "cancel", job_id)
-    assert cancel.returncode == 2
+    assert cancel.returncode == 3  # refused by the service
     assert f"error: job {job_id} already finished with status succeeded" in cancel.stderr
     refused = run_cli(service, "ick_00000000_wrong", "status", job_id)
-    assert refused.returncode == 2
+    assert refused.returncode == 3
     assert "error: the API key is not valid" in refused.stderr
+    nobody = f"http://127.0.0.1:{free_port()}"
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "intel_classifier", "status", job_id, "--server", nobody],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unreachable.returncode == 3
+    assert f"error: cannot reach the service at {nobody}" in unreachable.stderr
+    assert "make run" in unreachable.stderr
 
 
 def test_the_python_client(
