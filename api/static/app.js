@@ -14,6 +14,9 @@ function authHeaders() { return apiKey() ? { Authorization: `Bearer ${apiKey()}`
 function showKeyState() { $("key-state").textContent = apiKey() ? "saved in this browser" : ""; }
 $("api-key").value = apiKey();
 showKeyState();
+// The key box shows only where the server asks for a key: a read without one says.
+function askForKey() { $("key-form").hidden = false; }
+fetch("/jobs?limit=1").then((response) => { if (response.status === 401) askForKey(); }).catch(() => {});
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   localStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
@@ -28,6 +31,7 @@ async function apiError(response) {
   try {
     const body = await response.json();
     if (body && body.error && body.error.message) {
+      if (response.status === 401) askForKey();
       const hint = response.status === 401 ? " Enter an API key above." : "";
       return `${body.error.message}${hint}`;
     }
@@ -70,6 +74,7 @@ async function start(files) {
     await follow(job.id);
   } catch (error) {
     $("job-status").textContent = "";
+    $("progress").hidden = true;  // no half-filled bars left behind an error
     showError(error.message);
   }
 }
@@ -112,12 +117,28 @@ async function follow(jobId) {
     const seconds = (Date.now() - started) / 1000;
     const rate = seconds > 0 ? done / seconds : 0;
     const left = rate > 0 && done < job.total ? `, ~${Math.ceil((job.total - done) / rate)} s left` : "";
-    setBar("job-bar", "job-text", done, job.total, `${done} / ${job.total}${job.failed ? ` (${job.failed} failed)` : ""}`);
-    $("job-status").textContent = `job ${job.id}: ${job.status}${left}`;
+    setBar("job-bar", "job-text", done, job.total, `${done} / ${job.total}`);
+    $("job-status").textContent = describeJob(job) + left;
+    $("job-status").dataset.jobId = job.id;
     if (!["queued", "running"].includes(job.status)) break;
     await new Promise((wake) => setTimeout(wake, 500));
   }
   await loadResults(jobId);
+}
+
+// What a job's state means, in words: "20 classified, 1 failed".
+function describeJob(job) {
+  const parts = [`${job.succeeded} classified`];
+  if (job.failed) parts.push(`${job.failed} failed`);
+  if (job.skipped) parts.push(`${job.skipped} skipped`);
+  const counts = parts.join(", ");
+  switch (job.status) {
+    case "queued": return "waiting for a worker…";
+    case "running": return `classifying: ${counts}`;
+    case "cancelled": return `cancelled: ${counts}`;
+    case "failed": return `no image could be classified: ${job.failed} failed`;
+    default: return `done: ${counts}`;
+  }
 }
 
 async function loadResults(jobId) {
@@ -180,6 +201,9 @@ function renderRow(item) {
   const file = document.createElement("td");
   file.className = "file";
   file.textContent = item.filename;
+  file.title = item.filename;  // the whole path, on hover or a long tap
+  file.tabIndex = 0;
+  file.addEventListener("click", () => file.classList.toggle("open"));
   const label = document.createElement("td");
   label.className = "label";
   const confidence = document.createElement("td");
