@@ -162,7 +162,16 @@ def _bar(label: str, unit: str, unit_scale: bool = False) -> Iterator[Callable[.
     """A tqdm bar on stderr (hidden when stderr is not a terminal), fed absolute values."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=label, total=0, unit=unit, unit_scale=unit_scale, file=sys.stderr, disable=None)
+    # Progress arrives in jumps (each poll); a low smoothing keeps rate and time left steady.
+    bar = tqdm(
+        desc=label,
+        total=0,
+        unit=unit,
+        unit_scale=unit_scale,
+        file=sys.stderr,
+        disable=None,
+        smoothing=0.05,
+    )
 
     def update(done: int, total: int, failed: int | None = None) -> None:
         if bar.total != total:

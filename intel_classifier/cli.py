@@ -27,6 +27,32 @@ app = typer.Typer(
 )
 
 
+def _plain_help() -> None:
+    """--help in words, not Python types: `--server URL`, `PATHS...`, no `<str>` or `{job_id}`.
+
+    Typer renders each parameter's annotation (`<list[Path]>`, `<bool>`) and wraps
+    required arguments in braces; its help takes no option for that, so the two
+    renderers are replaced here, once, for every command of this program.
+    """
+    from typer.core import TyperArgument, TyperOption
+
+    def option_type(self: TyperOption, ctx: object) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        return self.metavar or (self.name or "value").upper()
+
+    def argument_usage(self: TyperArgument) -> str:
+        name = (self.name or "value").upper()
+        return name + ("..." if self.nargs != 1 else "") if self.required else f"[{name}]"
+
+    setattr(TyperOption, "display_type_rich", option_type)  # noqa: B010 (a method, replaced)
+    setattr(TyperArgument, "display_type_rich", lambda self, ctx: None)  # noqa: B010
+    setattr(TyperArgument, "_usage_display_name", argument_usage)  # noqa: B010
+
+
+_plain_help()
+
+
 def _register_groups() -> None:
     from client.cli import register
     from intel_classifier.keys import keys_app
@@ -63,7 +89,7 @@ def _progress(description: str, total: int) -> Callable[[int], None]:
 
 
 ModelOption = Annotated[
-    Path | None, typer.Option("--model", help="Artifact folder or .keras file [env MODEL_PATH].")
+    Path | None, typer.Option("--model", help="Model folder or .keras file (env MODEL_PATH).")
 ]
 
 
@@ -381,8 +407,8 @@ def sweep() -> None:
 
 @app.command()
 def api(
-    host: Annotated[str | None, typer.Option(help="Interface [env HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env PORT, default 9696].")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (env HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env PORT, default 9696).")] = None,
 ) -> None:
     """Run the HTTP API only (any number of API processes may share one database)."""
     import uvicorn
@@ -455,8 +481,8 @@ def webhooks(
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface [env HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env PORT, default 9696].")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (env HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env PORT, default 9696).")] = None,
 ) -> None:
     """Migrate, then run the API, one worker and one webhook worker (embedded defaults)."""
     from intel_classifier.supervisor import Supervisor

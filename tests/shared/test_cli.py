@@ -133,3 +133,17 @@ def test_errors_are_one_line_with_a_non_zero_exit(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "is not a folder of class subfolders" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["submit", "cancel", "classify", "train", "serve"])
+def test_help_speaks_in_words_with_defaults(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for python_type in ("<str>", "<int>", "<bool>", "<path>", "<list[", "{"):
+        assert python_type not in text, python_type
+    assert " ." not in text.replace(" .zip", "").replace(" .csv", "").replace(" .json", "")
+    if command in {"submit", "cancel"}:
+        assert "[default: http://127.0.0.1:9696]" in " ".join(text.split()).replace(
+            "[default: ", "[default: "
+        )
