@@ -232,7 +232,8 @@ def write_item_results(
             model_version=bindparam("new_model_version"),
             batch_id=batch_id,
             finished_at=utcnow(),
-            inference_ms=inference_ms,
+            # Each item's share of the forward pass it was part of, not the whole pass.
+            inference_ms=round(inference_ms / len(results), 3),
         ),
         [
             {

@@ -18,6 +18,18 @@ def final_status(succeeded: int, failed: int) -> JobStatus:
     return JobStatus.PARTIALLY_SUCCEEDED
 
 
+def failure_summary(session: Session, job: Job) -> str:
+    """Why a job that classified nothing failed: its first item's reason, and how many."""
+    first = session.scalar(
+        select(Item.error)
+        .where(Item.job_id == job.id, Item.status == ItemStatus.FAILED)
+        .order_by(Item.position)
+        .limit(1)
+    )
+    others = f" (and {job.failed - 1} more)" if job.failed > 1 else ""
+    return f"no image could be classified: {first or 'every item failed'}{others}"
+
+
 def refresh_job(session: Session, job_id: str) -> Job | None:
     """Lock the job row, recount its items and settle its status; idempotent.
 
@@ -38,6 +50,8 @@ def refresh_job(session: Session, job_id: str) -> Job | None:
     unfinished = int(counts.get(ItemStatus.QUEUED, 0)) + int(counts.get(ItemStatus.RUNNING, 0))
     if unfinished == 0 and job.status in {JobStatus.QUEUED, JobStatus.RUNNING}:
         job.status = final_status(job.succeeded, job.failed)
+        if job.status == JobStatus.FAILED:
+            job.error = failure_summary(session, job)
         job.finished_at = utcnow()
         job.started_at = job.started_at or job.finished_at
         record_final_event(session, job)

@@ -199,7 +199,11 @@ def test_results_are_written_once_and_the_job_ends_with_the_right_status(databas
     assert job.finished_at is not None
     with scope(write=False) as session:
         labels = session.scalars(select(Item.label).where(Item.job_id == job_id)).all()
+        times = session.scalars(
+            select(Item.inference_ms).where(Item.job_id == job_id, Item.batch_id.is_not(None))
+        ).all()
     assert sorted(str(label) for label in labels) == ["None", "None", "sea", "sea"]
+    assert times == [pytest.approx(5 / 3, abs=1e-3)] * 3  # each item's share of the 5 ms pass
 
 
 def test_all_failed_is_failed_and_all_succeeded_is_succeeded(database: str) -> None:
@@ -210,7 +214,9 @@ def test_all_failed_is_failed_and_all_succeeded_is_succeeded(database: str) -> N
         with scope() as session:
             record_results(session, _results(claimed, fail=fail), worker="w", inference_ms=1)
     assert _job_row(bad).status == JobStatus.FAILED
+    assert _job_row(bad).error == "no image could be classified: broken"
     assert _job_row(good).status == JobStatus.SUCCEEDED
+    assert _job_row(good).error is None
 
 
 def test_cancel_ends_queued_and_running_items_and_keeps_finished_ones(database: str) -> None:
