@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -516,8 +517,14 @@ def serve(
     bound = host or settings.host
     reachable = "127.0.0.1" if bound in {"0.0.0.0", "::", ""} else bound
     announce_when_ready(settings, f"http://{reachable}:{port or settings.port}")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again
+    # with the handlers it found: these make that an ordinary exit, so the workers
+    # are stopped below and one line says so (no traceback on Ctrl-C).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         api(host=host, port=port)
+    except KeyboardInterrupt:
+        pass
     finally:
         supervisor.stop()
         typer.echo("stopped: the API and both workers", err=True)

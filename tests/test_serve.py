@@ -85,12 +85,17 @@ def test_a_killed_worker_is_restarted_and_readiness_tracks_it(tmp_path: Path) ->
             assert 'intel_workers_alive{role="classify"} 1.0' in metrics
             assert service.cli("alive", "--role", "classify").stdout.strip() == "alive"
 
+            # A hung worker (stopped, with its pool child) stops beating: readiness says so.
             killed = _worker_pid(serve.popen.pid)
-            os.kill(killed, signal.SIGKILL)
+            frozen = [killed, *_children(killed)]
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
             _, check = wait_for(
                 lambda: (r := readiness())[0] == 503 and r, 30, "readiness to notice"
             )
             assert "no classification worker alive in the last 4s" in check
+            for pid in frozen:  # then it dies, and the supervisor starts another
+                os.kill(pid, signal.SIGKILL)
             wait_for(
                 lambda: "worker exited with code -9; restarting it in 1s" in serve.output(),
                 10,

@@ -24,7 +24,10 @@ from shared.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-CUT_LAYER = "add_11"  # the end of block 13: (10, 10, 1024) maps at 299x299
+# The end of block 13, (10, 10, 1024) maps at 299x299: Keras names it add_11 in a fresh
+# process and add_23, add_35... in later models of the same one, so it is found as
+# block 14's input, and this name is only what the cache key records.
+CUT_LAYER = "add_11"
 BLOCK_14 = (
     "block14_sepconv1",
     "block14_sepconv1_bn",
@@ -57,9 +60,8 @@ class Network:
 
         self.xception = build_base(base_weights, input_size)
         self.head = build_head(dense_units, dropout)
-        self.map_shape: tuple[int, ...] = tuple(
-            int(d) for d in self.xception.get_layer(CUT_LAYER).output.shape[1:]
-        )
+        self.cut = self.xception.get_layer(BLOCK_14[0]).input
+        self.map_shape: tuple[int, ...] = tuple(int(d) for d in self.cut.shape[1:])
         maps = keras.Input(shape=self.map_shape, name="maps")
         x = maps
         for name in BLOCK_14:
@@ -76,7 +78,7 @@ class Network:
     def up_to_cut(self) -> Any:
         import keras
 
-        return keras.Model(self.xception.input, self.xception.get_layer(CUT_LAYER).output)
+        return keras.Model(self.xception.input, self.cut)
 
     def complete(self) -> Any:
         import keras

@@ -139,7 +139,7 @@ def test_train_command_writes_an_artifact_the_other_commands_load(
     }
     classified = run_cli("classify", str(data / "sea"), "--model", str(model))
     assert classified.returncode == 0, classified.stderr
-    assert len(classified.stdout.strip().splitlines()) == 1 + 3
+    assert len(classified.stdout.strip().splitlines()) == 1 + 4
 
 
 def test_errors_are_one_line_with_a_non_zero_exit(tmp_path: Path) -> None:
