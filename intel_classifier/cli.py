@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -437,6 +438,8 @@ def worker(
 
     if get_settings().worker_nice:
         os.nice(get_settings().worker_nice)
+    if quiet:
+        _quiet_celery()
     # One pool child holds the model and runs the tasks (run more workers to scale);
     # prefork, because only a pool child can be killed at a task's hard time limit.
     celery_app.worker_main(
@@ -452,6 +455,16 @@ def worker(
     )
 
 
+def _quiet_celery() -> None:
+    """For serve on a developer's machine: Celery's warning about running as root is for
+    servers (the Docker images run as an unprivileged user)."""
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+
+
 @app.command()
 def webhooks(
     concurrency: Annotated[int, typer.Option(help="Deliveries in flight at once.")] = 8,
@@ -465,6 +478,8 @@ def webhooks(
     from worker.celery_app import celery_app
 
     runtime.role = "webhooks"
+    if quiet:
+        _quiet_celery()
     celery_app.worker_main(
         [
             *(["--quiet"] if quiet else []),
@@ -521,6 +536,10 @@ def serve(
     # with the handlers it found: these make that an ordinary exit, so the workers
     # are stopped below and one line says so (no traceback on Ctrl-C).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # The ready line says what uvicorn's start-up lines would; requests are logged
+    # once the service is ready (before, they are the ready line's own polls).
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     try:
         api(host=host, port=port)
     except KeyboardInterrupt:
@@ -556,6 +575,7 @@ def announce_when_ready(settings: Settings, url: str) -> None:
             except httpx.HTTPError:
                 ready = False
             if ready:
+                logging.getLogger("uvicorn.access").setLevel(logging.NOTSET)
                 typer.secho(
                     f"ready: {url} — {describe_model()}; Ctrl-C stops everything",
                     err=True,

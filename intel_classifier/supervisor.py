@@ -44,7 +44,11 @@ class Supervisor:
         threading.Thread(target=self._watch, name="supervisor", daemon=True).start()
 
     def _start(self, child: Child) -> None:
-        child.popen = subprocess.Popen(child.argv, env=child.env, preexec_fn=self.preexec)
+        # The workers log to stderr; their stdout carries only Celery's own prints
+        # ("worker: Warm shutdown (MainProcess)"), which serve keeps quiet.
+        child.popen = subprocess.Popen(
+            child.argv, env=child.env, preexec_fn=self.preexec, stdout=subprocess.DEVNULL
+        )
         child.started = time.monotonic()
         child.restart_at = None
 
