@@ -15,9 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# compat: the repository root on sys.path, as the processes run from it; the default
-	@# finder warns about folders named like packages (../shared is one, by design).
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	@# setuptools warns, on every editable install of a flat layout, about folders named
+	@# like the packages (they are the packages; ../shared is data): not for users' eyes.
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[dev]' 
 	touch $@
 
 run: setup
