@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# setuptools warns, on every editable install of a flat layout, about folders named
 	@# like the packages (they are the packages; ../shared is data): not for users' eyes.
-	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[dev]' 
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 run: setup
