@@ -157,6 +157,17 @@ def running_api(data_dir: Path, **overrides: str) -> Iterator[Service]:
         service.stop()
 
 
+@contextmanager
+def running_serve(data_dir: Path, **overrides: str) -> Iterator[Service]:
+    """`serve` (API and both workers) on `service_env(data_dir, **overrides)`, as `make run`."""
+    service = Service(service_env(data_dir, **overrides), data_dir, free_port())
+    try:
+        service.start_serve()
+        yield service
+    finally:
+        service.stop()
+
+
 def _died(process: Process) -> bool:
     return process.popen.poll() is not None
 

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from client import Client
 from shared.classifier.labels import CLASSES
 from shared.settings import PROJECT_ROOT
-from testkit.processes import Service, free_port, service_env
+from testkit.processes import Service, running_serve
 from tests.conftest import holdout_sample, zip_bytes
 
 pytestmark = pytest.mark.model
@@ -143,13 +143,8 @@ def test_errors_are_shown_in_the_api_words(page: Page, keyed_service: tuple[Serv
 @pytest.fixture(scope="module")
 def open_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """`serve` as `make run` starts it: no keys."""
-    data_dir = tmp_path_factory.mktemp("open")
-    service = Service(service_env(data_dir), data_dir, free_port())
-    try:
-        service.start_serve()
+    with running_serve(tmp_path_factory.mktemp("open")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.mark.parametrize(

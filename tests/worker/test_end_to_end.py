@@ -27,7 +27,7 @@ from shared.classifier.evaluation import select_holdout
 from shared.classifier.labels import CLASSES
 from shared.db.models import Batch, utcnow
 from shared.settings import DEFAULT_MODEL_PATH
-from testkit.processes import Service, free_port, service_env, wait_for
+from testkit.processes import Service, free_port, running_serve, service_env, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
 
 pytestmark = pytest.mark.model
@@ -50,12 +50,8 @@ def service(
 ) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp(request.param.replace("+", "-"))
     if request.param == "embedded":
-        service = Service(service_env(data_dir), data_dir, free_port())
-        try:
-            service.start_serve()
-            yield service
-        finally:
-            service.stop()
+        with running_serve(data_dir) as embedded:
+            yield embedded
         return
     redis_url = request.getfixturevalue("redis_url")
     with fresh_postgres_database() as database_url:

@@ -16,7 +16,7 @@ import pytest
 from shared.classifier import artifact
 from shared.classifier.labels import CLASSES
 from shared.settings import DEFAULT_MODEL_PATH
-from testkit.processes import Service, free_port, service_env
+from testkit.processes import Service, running_serve
 from tests.conftest import holdout_sample
 
 pytestmark = pytest.mark.model
@@ -32,19 +32,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         (blocked / name).mkdir(parents=True)
         (blocked / name / "__init__.py").write_text(BLOCKED.format(name=name))
     path = os.pathsep.join(p for p in (str(blocked), os.environ.get("PYTHONPATH", "")) if p)
-    env = service_env(
+    with running_serve(
         data_dir,
         PYTHONPATH=path,
         BASE_WEIGHTS="imagenet",
         CACHE_DIR=str(data_dir / "empty-cache"),
         MODEL_PATH=str(DEFAULT_MODEL_PATH),
-    )
-    service = Service(env, data_dir, free_port())
-    try:
-        service.start_serve()
+    ) as service:
         yield service
-    finally:
-        service.stop()
 
 
 def test_the_worker_classifies_with_the_shipped_ir_and_no_tensorflow(
