@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.db.models import Item, WebhookEvent
+from shared.db.models import Item, JobSource, WebhookEvent
 
 
 class ErrorBody(BaseModel):
@@ -29,6 +29,7 @@ class JobLinks(BaseModel):
 class JobOut(BaseModel):
     id: str
     status: str
+    source: JobSource = Field(description="`jobs` (POST /jobs) or `predict` (POST /predict)")
     total: int
     succeeded: int
     failed: int

@@ -17,7 +17,7 @@ from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared.classifier.labels import CLASSES
-from shared.db.models import Job, JobStatus
+from shared.db.models import Job, JobSource, JobStatus
 from shared.services import jobs as job_service
 from shared.services import unit_of_work
 from shared.services.documents import job_document
@@ -98,11 +98,14 @@ def list_jobs(
     session: SessionDep,
     caller: CallerDep,
     status: JobStatus | None = None,
+    source: Annotated[
+        JobSource | None, Query(description="Only jobs made by POST /jobs, or by POST /predict")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobList:
     page = job_service.list_jobs(
-        session, owner=caller.owner, status=status, limit=limit, cursor=cursor
+        session, owner=caller.owner, status=status, limit=limit, cursor=cursor, source=source
     )
     return JobList(items=[job_out(session, job) for job in page.rows], next_cursor=page.next_cursor)
 

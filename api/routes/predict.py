@@ -14,7 +14,7 @@ from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import PredictOut
 from api.waiting import wait_until_final
-from shared.db.models import Item, ItemStatus, Job
+from shared.db.models import Item, ItemStatus, Job, JobSource
 from shared.errors import ItemFailed, PredictTimeout
 from shared.services import unit_of_work
 from shared.services.intake import Upload, require_one_image
@@ -33,7 +33,9 @@ def _submit(
     owner: str | None,
 ) -> str:
     image = require_one_image(upload)
-    submission = submit_job(session, storage, settings, [image], owner_id=owner)
+    submission = submit_job(
+        session, storage, settings, [image], owner_id=owner, source=JobSource.PREDICT
+    )
     unit_of_work.commit(session)
     return submission.job.id
 

@@ -58,6 +58,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+class JobSource(StrEnum):
+    """Which call made the job: POST /jobs, or the synchronous POST /predict."""
+
+    JOBS = "jobs"
+    PREDICT = "predict"
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -104,6 +111,7 @@ class Job(Base):
     # The API key that created the job; None when the server runs without keys.
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
     status: Mapped[str] = mapped_column(String(24), default=JobStatus.QUEUED, index=True)
+    source: Mapped[str] = mapped_column(String(16), default=JobSource.JOBS, server_default="jobs")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

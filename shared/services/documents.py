@@ -25,6 +25,7 @@ def job_document(session: Session, job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "status": job.status,
+        "source": job.source,
         "total": job.total,
         "succeeded": job.succeeded,
         "failed": job.failed,

@@ -13,7 +13,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import metrics
-from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
+from shared.db.models import Item, ItemStatus, Job, JobSource, JobStatus, utcnow
 from shared.db.session import begin_write
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.services import unit_of_work
@@ -33,6 +33,7 @@ def create_job(
     webhook_url: str | None = None,
     webhook_events: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    source: JobSource = JobSource.JOBS,
 ) -> Job:
     """Insert the job and its items (the caller adds its message to the outbox)."""
     now = utcnow()
@@ -40,6 +41,7 @@ def create_job(
         id=job_id,
         owner_id=owner_id,
         status=JobStatus.QUEUED,
+        source=source,
         created_at=now,
         total=len(staged),
         failed=sum(item.error is not None for item in staged),
@@ -132,6 +134,7 @@ def list_jobs(
     status: str | None,
     limit: int,
     cursor: str | None,
+    source: str | None = None,
 ) -> Page:
     """Newest first, keyset-paginated on (created_at, id)."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
@@ -139,6 +142,8 @@ def list_jobs(
         query = query.where(Job.owner_id == owner)
     if status is not None:
         query = query.where(Job.status == status)
+    if source is not None:
+        query = query.where(Job.source == source)
     if cursor:
         at, last_id = _job_cursor(cursor)
         query = query.where((Job.created_at < at) | ((Job.created_at == at) & (Job.id < last_id)))

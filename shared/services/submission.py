@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import metrics
-from shared.db.models import Job, new_id
+from shared.db.models import Job, JobSource, new_id
 from shared.db.session import begin_write
 from shared.errors import InvalidInput, LimitExceeded
 from shared.services import outbox, unit_of_work
@@ -65,6 +65,7 @@ def submit_job(
     webhook_url: str | None = None,
     webhook_events: str | None = None,
     metadata: str | None = None,
+    source: JobSource = JobSource.JOBS,
 ) -> Submission:
     """Store the uploads, then add the job and its message; the caller commits.
 
@@ -97,6 +98,7 @@ def submit_job(
                 webhook_url=webhook,
                 webhook_events=events,
                 metadata=parsed_metadata,
+                source=source,
             )
             if idempotency is not None:
                 remember(session, idempotency, job_id)

@@ -232,6 +232,11 @@ def test_listing_filters_and_pages(client: httpx.Client) -> None:
     cancelled = client.get("/jobs", params={"status": "cancelled", "limit": 500}).json()["items"]
     assert ids[1] in {j["id"] for j in cancelled}
     assert all(j["status"] == "cancelled" for j in cancelled)
+    uploads = client.get("/jobs", params={"source": "jobs", "limit": 500}).json()["items"]
+    assert set(ids) <= {j["id"] for j in uploads}
+    assert {j["source"] for j in uploads} == {"jobs"}
+    predicted = client.get("/jobs", params={"source": "predict", "limit": 500}).json()["items"]
+    assert not set(ids) & {j["id"] for j in predicted}
 
 
 def test_results_pages_follow_the_cursor(client: httpx.Client) -> None:

@@ -164,6 +164,12 @@ def test_the_old_demo_call_still_works(
     body = response.json()
     assert body["class"] == "forest"
     assert 0.5 < body["confidence"] <= 1.0
+    # /predict's jobs are told apart from uploads to /jobs, and can be filtered.
+    predicted = httpx.get(f"{service.url}/jobs", params={"source": "predict"}).json()["items"]
+    assert body["job_id"] in {job["id"] for job in predicted}
+    assert {job["source"] for job in predicted} == {"predict"}
+    uploaded = httpx.get(f"{service.url}/jobs", params={"source": "jobs"}).json()["items"]
+    assert body["job_id"] not in {job["id"] for job in uploaded}
     broken = httpx.post(
         f"{service.url}/predict", files={"file": ("x.jpg", b"\xff\xd8\xff")}, timeout=60
     )
