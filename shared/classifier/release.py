@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from shared.classifier.dataset import (
 from shared.classifier.engine import Backend, Engine, compile_openvino, convert_keras, make_engine
 from shared.classifier.features import FeatureSpec, compute_features, content_hashes
 from shared.classifier.finetune import CUT_LAYER, FineTuneConfig, Network, fit, logits_of
+from shared.classifier.inference import infer_batches
 from shared.classifier.labels import CLASSES
 from shared.classifier.metrics import classification_report
 from shared.classifier.model import base_weights_identity
@@ -316,21 +317,6 @@ def _load(image: LabelledImage, input_size: int, max_pixels: int) -> np.ndarray:
     return preprocess(image.path.read_bytes(), image.name, input_size, max_pixels)
 
 
-def _batches(
-    images: list[LabelledImage], size: int, input_size: int, max_pixels: int
-) -> Iterator[tuple[list[int], np.ndarray]]:
-    for start in range(0, len(images), size):
-        kept, arrays = [], []
-        for offset, image in enumerate(images[start : start + size]):
-            try:
-                arrays.append(_load(image, input_size, max_pixels))
-                kept.append(start + offset)
-            except Exception:  # unreadable: left out of every figure, for both precisions
-                continue
-        if arrays:
-            yield kept, np.stack(arrays)
-
-
 def _logits_on(
     images: list[LabelledImage],
     run: Engine,
@@ -339,15 +325,25 @@ def _logits_on(
     progress: ProgressFactory | None,
     name: str,
 ) -> tuple[np.ndarray, list[int]]:
+    """Logits of every readable image, through the project's one batched-inference loop."""
     advance = progress(f"test split, {name}", len(images)) if progress else None
     rows: list[np.ndarray] = []
     kept: list[int] = []
-    for indices, batch in _batches(images, config.map_batch_size, config.input_size, max_pixels):
-        rows.append(run(batch))
-        kept += indices
+
+    def decode(item: tuple[int, LabelledImage]) -> np.ndarray:
+        return _load(item[1], config.input_size, max_pixels)
+
+    batches = infer_batches(
+        list(enumerate(images)), decode, run, batch_size=config.map_batch_size, workers=2
+    )
+    for batch in batches:
+        for (index, _), output in zip(batch.items, batch.outputs, strict=True):
+            if not isinstance(output, str):  # unreadable: left out for both precisions
+                rows.append(output)
+                kept.append(index)
         if advance:
-            advance(len(batch))
-    return np.concatenate(rows), kept
+            advance(len(batch.items))
+    return np.stack(rows), kept
 
 
 def _plot(
