@@ -16,18 +16,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from shared.classifier.preprocessing import header_pixels
+from shared.classifier.preprocessing import ACCEPTED_FORMAT_NAMES, header_pixels
 from shared.classifier.sources import is_hidden
 from shared.db.models import new_id
 from shared.errors import (
+    AppError,
     ImageTooLarge,
     InvalidInput,
     LimitExceeded,
     NoImages,
     UnsupportedMediaType,
+    describe,
 )
 from shared.services.text_rules import label_text
-from shared.services.zip_directory import read_directory
+from shared.services.zip_directory import open_archive
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -36,6 +38,8 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 RATIO_FLOOR_BYTES = 1024 * 1024
 # A central-directory record is 46 bytes plus the name, extra field and comment.
 DIRECTORY_BYTES_PER_ENTRY = 1024
+# General-purpose flag bit 0: the entry is encrypted (zipfile would ask for a password).
+ENCRYPTED_FLAG = 0x1
 
 
 @dataclass(frozen=True)
@@ -130,29 +134,11 @@ def _expand(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, st
     if pixels is None:
         raise UnsupportedMediaType(
             f"{upload.filename!r} is neither an image nor a .zip archive "
-            "(send JPEG, PNG, WebP, BMP, GIF or TIFF images, or a zip of them)"
+            f"(send {ACCEPTED_FORMAT_NAMES} images, or a zip of them)"
         )
     if pixels > settings.max_image_pixels:
         raise ImageTooLarge(upload.filename, pixels, settings.max_image_pixels)
     yield upload.filename, data, None
-
-
-def _check_directory(upload: Upload, settings: Settings) -> None:
-    """Refuse an archive by what its end record declares, before zipfile reads its directory."""
-    directory = read_directory(upload.stream)
-    if directory is None:
-        return
-    if directory.entries > settings.max_zip_entries:
-        raise LimitExceeded(
-            f"{upload.filename!r} has {directory.entries:,} entries, over the limit of "
-            f"{settings.max_zip_entries:,} (MAX_ZIP_ENTRIES)"
-        )
-    most = settings.max_zip_entries * DIRECTORY_BYTES_PER_ENTRY
-    if directory.size_bytes > most:
-        raise LimitExceeded(
-            f"{upload.filename!r} has a central directory of {directory.size_bytes:,} bytes, "
-            f"over {most:,} ({DIRECTORY_BYTES_PER_ENTRY} bytes for each of MAX_ZIP_ENTRIES)"
-        )
 
 
 def _check_expansion(upload: Upload, members: list[zipfile.ZipInfo], settings: Settings) -> None:
@@ -181,19 +167,28 @@ def _check_expansion(upload: Upload, members: list[zipfile.ZipInfo], settings: S
             )
 
 
-def _expand_zip(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, str | None]]:
-    _check_directory(upload, settings)
+def _open_zip(upload: Upload, settings: Settings) -> zipfile.ZipFile:
+    """The archive, its directory bounded by MAX_ZIP_ENTRIES while zipfile reads it."""
     try:
-        archive = zipfile.ZipFile(upload.stream)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidInput(f"{upload.filename!r} is not a readable zip archive: {exc}") from exc
-    with archive:
+        return open_archive(
+            upload.stream,
+            upload.filename,
+            max_entries=settings.max_zip_entries,
+            max_directory_bytes=settings.max_zip_entries * DIRECTORY_BYTES_PER_ENTRY,
+        )
+    except AppError:
+        raise
+    # zipfile raises what its parser trips on: BadZipFile, NotImplementedError (a
+    # newer version), UnicodeDecodeError (a name flagged UTF-8 that is not), ...
+    except Exception as exc:
+        raise InvalidInput(
+            f"{upload.filename!r} is not a readable zip archive: {describe(exc)}"
+        ) from exc
+
+
+def _expand_zip(upload: Upload, settings: Settings) -> Iterator[tuple[str, bytes, str | None]]:
+    with _open_zip(upload, settings) as archive:
         entries = archive.infolist()
-        if len(entries) > settings.max_zip_entries:
-            raise LimitExceeded(
-                f"{upload.filename!r} has {len(entries):,} entries, over the limit of "
-                f"{settings.max_zip_entries:,} (MAX_ZIP_ENTRIES)"
-            )
         # Hidden files are skipped quietly, but a `..` path is reported, not skipped.
         members = [
             e
@@ -230,6 +225,8 @@ def entry_refusal(entry: zipfile.ZipInfo, seen: set[str]) -> str | None:
         return "unsafe entry name: '..' is not extracted"
     if stat.S_ISLNK(entry.external_attr >> 16):
         return "symbolic link: links in archives are not followed"
+    if entry.flag_bits & ENCRYPTED_FLAG:
+        return "encrypted: password-protected entries are not extracted"
     if name in seen:
         return "duplicate entry name: only the first entry with this name is classified"
     return None
@@ -251,8 +248,10 @@ def _read_entry(
     try:
         with archive.open(entry) as stream:
             data = stream.read(entry.file_size + 1)
-    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
-        return name, b"", f"cannot extract from the zip: {exc}"
+    # The decompressors raise their own types (zlib.error, EOFError, LZMAError, ...):
+    # whatever it is, this entry cannot be extracted, and it fails alone.
+    except Exception as exc:
+        return name, b"", f"cannot extract from the zip: {describe(exc)}"
     if len(data) > entry.file_size:
         raise LimitExceeded(f"zip entry {name!r} is larger than its header declares (zip bomb)")
     return name, data, _entry_problem(data, name, settings)

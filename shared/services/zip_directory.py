@@ -1,58 +1,107 @@
-"""Read a zip's size from its end record before anything parses its central directory.
+"""Open a zip whose central directory is bounded while it is read, whatever its end records say.
 
-`zipfile` reads the whole central directory into memory when it opens an
-archive, whatever the entry count it declares: a directory of millions of tiny
-records is gigabytes of Python objects. Its end-of-central-directory record
-(and the zip64 one, when present) says how many entries there are and how many
-bytes the directory takes, in the last few KiB of the file.
+`zipfile` finds the central directory from the end records, reads all of it in
+one call and makes a `ZipInfo` for every record in it: a directory of millions
+of tiny records is gigabytes of Python objects. Judging the archive from the
+end records beforehand cannot work, because a crafted archive carries end
+records that disagree with each other and with the directory (a zip64 locator
+naming a decoy record, a signature inside the record), and a second reader of
+them may pick a different one than `zipfile` does.
+
+So there is one reader, `zipfile`'s own, with two bounds on it while it reads:
+any one read may take at most `max_directory_bytes` (the directory arrives in
+one read), and the entry list refuses its `max_entries + 1`-th entry, so
+parsing stops at the limit. The directory `zipfile` reads is the one judged.
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
+import zipfile
 from typing import IO
 
-_EOCD = b"PK\x05\x06"
-_EOCD_FORMAT = "<4sHHHHIIH"
-_EOCD_SIZE = struct.calcsize(_EOCD_FORMAT)  # 22
-_ZIP64_LOCATOR = b"PK\x06\x07"
-_ZIP64_LOCATOR_FORMAT = "<4sIQI"
-_ZIP64_LOCATOR_SIZE = struct.calcsize(_ZIP64_LOCATOR_FORMAT)  # 20
-_ZIP64_EOCD = b"PK\x06\x06"
-_ZIP64_EOCD_FORMAT = "<4sQHHIIQQQQ"
-_ZIP64_EOCD_SIZE = struct.calcsize(_ZIP64_EOCD_FORMAT)  # 56
-_MAX_COMMENT = 65_535
+from shared.errors import LimitExceeded
+
+# zipfile reads the end record's tail (up to 64 KiB of comment) in one call too.
+_END_RECORDS_BYTES = (1 << 16) + 22 + 20 + 56
 
 
-@dataclass(frozen=True)
-class Directory:
-    entries: int
-    size_bytes: int
+class _CappedReads:
+    """A seekable stream whose single reads are refused past `cap` bytes (None: no cap)."""
+
+    def __init__(self, stream: IO[bytes], refusal: str) -> None:
+        self.stream = stream
+        self.refusal = refusal
+        self.cap: int | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.cap is not None:
+            position = self.stream.tell()
+            remaining = self.stream.seek(0, 2) - position
+            self.stream.seek(position)
+            wanted = remaining if size is None or size < 0 else min(size, remaining)
+            if wanted > self.cap:
+                raise LimitExceeded(self.refusal.format(size=wanted))
+        return self.stream.read(-1 if size is None else size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass  # the upload's stream belongs to the request
 
 
-def read_directory(stream: IO[bytes]) -> Directory | None:
-    """What the end record declares, or None when there is none (zipfile will say why)."""
-    stream.seek(0, 2)
-    length = stream.tell()
-    tail_length = min(length, _EOCD_SIZE + _MAX_COMMENT + _ZIP64_LOCATOR_SIZE)
-    stream.seek(length - tail_length)
-    tail = stream.read(tail_length)
-    stream.seek(0)
-    at = tail.rfind(_EOCD)
-    if at < 0 or len(tail) - at < _EOCD_SIZE:
-        return None
-    fields = struct.unpack(_EOCD_FORMAT, tail[at : at + _EOCD_SIZE])
-    entries, size = fields[4], fields[5]
-    locator_at = at - _ZIP64_LOCATOR_SIZE
-    if locator_at >= 0 and tail[locator_at : locator_at + 4] == _ZIP64_LOCATOR:
-        offset = struct.unpack(
-            _ZIP64_LOCATOR_FORMAT, tail[locator_at : locator_at + _ZIP64_LOCATOR_SIZE]
-        )[2]
-        stream.seek(offset)
-        record = stream.read(_ZIP64_EOCD_SIZE)
-        stream.seek(0)
-        if len(record) == _ZIP64_EOCD_SIZE and record[:4] == _ZIP64_EOCD:
-            zip64 = struct.unpack(_ZIP64_EOCD_FORMAT, record)
-            entries, size = max(entries, zip64[7]), max(size, zip64[8])
-    return Directory(entries, size)
+class _CountedEntries(list[zipfile.ZipInfo]):
+    """The entry list `zipfile` appends to as it parses: refuses the entry past the limit."""
+
+    def __init__(self, limit: int, refusal: str) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refusal = refusal
+
+    def append(self, entry: zipfile.ZipInfo) -> None:
+        if len(self) >= self.limit:
+            raise LimitExceeded(self.refusal)
+        super().append(entry)
+
+
+class _BoundedZipFile(zipfile.ZipFile):
+    def __init__(self, stream: _CappedReads, entries: _CountedEntries, directory_cap: int) -> None:
+        self._bounds = (stream, entries, directory_cap)
+        super().__init__(stream)  # duck-typed like any file object
+
+    def _RealGetContents(self) -> None:  # noqa: N802  (zipfile's name)
+        stream, entries, directory_cap = self._bounds
+        self.filelist = entries
+        stream.cap = max(directory_cap, _END_RECORDS_BYTES)
+        try:
+            super()._RealGetContents()  # type: ignore[misc]  # private, not in the stubs
+        finally:
+            stream.cap = None
+        self.filelist = list(entries)
+
+
+def open_archive(
+    stream: IO[bytes], name: str, *, max_entries: int, max_directory_bytes: int
+) -> zipfile.ZipFile:
+    """`zipfile.ZipFile(stream)`, refused with LimitExceeded as soon as its directory is over.
+
+    Other errors are zipfile's own (BadZipFile, NotImplementedError, ...): the
+    caller words them as an unreadable archive.
+    """
+    directory_refusal = (
+        f"{name!r} has a central directory of {{size:,}} bytes, over {max_directory_bytes:,} "
+        f"({max_directory_bytes // max_entries:,} bytes for each of MAX_ZIP_ENTRIES)"
+    )
+    entries_refusal = (
+        f"{name!r} has more than the {max_entries:,} entries allowed (MAX_ZIP_ENTRIES)"
+    )
+    capped = _CappedReads(stream, directory_refusal)
+    return _BoundedZipFile(
+        capped, _CountedEntries(max_entries, entries_refusal), max_directory_bytes
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.crafted import CRAFTED_ARCHIVES
 from testkit.processes import Service, error_of, free_port, running_api, service_env
 from tests.conftest import image_bytes, zip_bytes
 
@@ -167,7 +168,38 @@ def test_many_small_entries_are_judged_by_the_whole_archive(client: httpx.Client
 def test_entry_count_bomb_is_413(client: httpx.Client) -> None:
     archive = zip_bytes({f"{i}.txt": b"" for i in range(501)})
     error = error_of(client.post("/jobs", files={"file": ("many.zip", archive)}), 413)
-    assert "501 entries, over the limit of 500 (MAX_ZIP_ENTRIES)" in error["message"]
+    assert "more than the 500 entries allowed (MAX_ZIP_ENTRIES)" in error["message"]
+
+
+@pytest.mark.parametrize("form", sorted(set(CRAFTED_ARCHIVES) - {"end records claim one entry"}))
+def test_crafted_end_records_are_judged_by_the_real_directory(
+    client: httpx.Client, form: str
+) -> None:
+    archive = CRAFTED_ARCHIVES[form](501)
+    error = error_of(client.post("/jobs", files={"file": ("crafted.zip", archive)}), 413)
+    assert "more than the 500 entries allowed (MAX_ZIP_ENTRIES)" in error["message"]
+    huge = CRAFTED_ARCHIVES[form](300_000)  # 23 MB of records, 15 MB of directory
+    error = error_of(client.post("/jobs", files={"file": ("crafted.zip", huge)}), 413)
+    assert "central directory of" in error["message"]
+
+
+def test_end_records_pointing_nowhere_are_an_unreadable_archive(client: httpx.Client) -> None:
+    archive = CRAFTED_ARCHIVES["end records claim one entry"](501)
+    error = error_of(client.post("/jobs", files={"file": ("crafted.zip", archive)}), 422)
+    assert "not a readable zip archive" in error["message"]
+
+
+def test_encrypted_entries_fail_alone_without_internals(client: httpx.Client) -> None:
+    info = zipfile.ZipInfo("secret.jpg")
+    info.flag_bits |= 0x1
+    errors = item_errors(
+        client,
+        client.post("/jobs", files={"file": ("e.zip", raw_zip([(info, JPEG), ("ok.jpg", JPEG)]))}),
+    )
+    assert errors == {
+        "secret.jpg": "encrypted: password-protected entries are not extracted",
+        "ok.jpg": None,
+    }
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -294,6 +326,11 @@ def test_every_bomb_together_keeps_memory_bounded(tmp_path: Path) -> None:
         # 400 small entries that each inflate ~500:1, none over the per-entry floor.
         "many-small.zip": (zip_bytes({f"{i}.bmp": bytes(20_000) for i in range(400)}), 413),
         "directory.zip": (directory_bomb(100), 413),
+        # 300,000 records behind end records that disagree: each is about 23 MB.
+        **{
+            f"{form}.zip": (CRAFTED_ARCHIVES[form](300_000), 413)
+            for form in ("zip64 locator points elsewhere", "end signature inside the end record")
+        },
     }
     # 55 parts of almost 1 MiB: under Starlette's default they would all stay in memory.
     parts = [("files", (f"{i}.png", image_bytes() + os.urandom(2**20 - 200))) for i in range(55)]
