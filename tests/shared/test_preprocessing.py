@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from shared.classifier.preprocessing import open_image, preprocess, scale_pixels, to_rgb
+from shared.classifier.preprocessing import (
+    deep_to_gray,
+    header_pixels,
+    open_image,
+    preprocess,
+    scale_pixels,
+    to_rgb,
+)
 from shared.errors import ImageTooLarge, UnreadableImage
+from testkit.crafted import DEEP_IMAGES, flat_image
 from tests.conftest import image_bytes
 
 LIMIT = 10_000_000
@@ -121,3 +134,84 @@ def test_image_at_the_limit_is_accepted() -> None:
     assert preprocess(image_bytes(size=(100, 100)), "x", 71, 10_000).shape == (71, 71, 3)
     with pytest.raises(ImageTooLarge):
         preprocess(image_bytes(size=(100, 101)), "x", 71, 10_000)
+
+
+def float64_reference(image: Image.Image) -> Image.Image:
+    """The conversion as it was: the whole image as float64, then divided and clipped."""
+    array = np.asarray(image, dtype=np.float64)
+    scale = 257.0 if image.mode != "F" and array.max(initial=0) > 255 else 1.0
+    return Image.fromarray(np.clip(array / scale, 0, 255).astype(np.uint8))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    mode=st.sampled_from(["I;16", "I;16B", "I", "F"]),
+    height=st.integers(1, 600),
+    top=st.integers(0, 70_000),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_deep_images_convert_by_strips_exactly_as_the_whole_image_did(
+    mode: str, height: int, top: int, seed: int
+) -> None:
+    values = np.random.default_rng(seed).integers(0, top + 1, size=(height, 7))
+    dtype = {"I;16": "<u2", "I;16B": ">u2", "I": "<i4", "F": "<f4"}[mode]
+    image = Image.frombytes(mode, (7, height), values.astype(dtype).tobytes())
+    assert np.array_equal(np.asarray(deep_to_gray(image)), np.asarray(float64_reference(image)))
+
+
+def test_float_images_with_nan_and_infinity_convert() -> None:
+    values = np.array([[np.nan, np.inf, -np.inf, 100.5]], dtype=np.float32)
+    gray = deep_to_gray(Image.frombytes("F", (4, 1), values.tobytes()))
+    assert np.asarray(gray).tolist() == [[0, 255, 0, 100]]
+
+
+DECODE_PEAK = """
+import sys
+from pathlib import Path
+from shared.classifier.preprocessing import preprocess
+data = Path(sys.argv[1]).read_bytes()
+preprocess(data, "image", 299, 10**9)
+for line in Path("/proc/self/status").read_text().splitlines():
+    if line.startswith("VmHWM:"):
+        print(int(line.split()[1]) // 1024)
+"""
+
+
+def decode_peak_mib(path: Path) -> int:
+    run = subprocess.run(
+        [sys.executable, "-c", DECODE_PEAK, str(path)], capture_output=True, text=True, check=True
+    )
+    return int(run.stdout)
+
+
+def test_a_40_megapixel_image_costs_about_the_same_at_any_depth(tmp_path: Path) -> None:
+    peaks = {}
+    for name, (mode, fmt) in DEEP_IMAGES.items():
+        path = tmp_path / f"{mode.replace(';', '')}.{fmt.lower()}"
+        path.write_bytes(flat_image(mode, (8000, 5000), fmt, 1000 if mode != "RGB" else 0))
+        peaks[name] = decode_peak_mib(path)
+    eight_bit = peaks.pop("8-bit RGB PNG")
+    # Before: a 16-bit PNG peaked 760 MiB above the 8-bit one, 32-bit images 920.
+    for name, peak in peaks.items():
+        assert peak < eight_bit + 200, (name, peak, eight_bit)
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "ICO", "TGA", "PCX", "PPM", "SGI", "IM", "DDS"])
+def test_formats_outside_the_list_are_not_read(fmt: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buffer, format=fmt)
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as image:  # Pillow itself would read it
+        assert image.format == fmt
+    assert header_pixels(data) is None
+    with pytest.raises(
+        UnreadableImage, match="the service reads JPEG, PNG, WebP, BMP, GIF or TIFF"
+    ):
+        open_image(data, "x", LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_listed_formats_are_read(fmt: str) -> None:
+    data = image_bytes(size=(16, 16), fmt=fmt, colour=(10, 200, 30))
+    assert header_pixels(data) == 256
+    assert open_image(data, "x", LIMIT).size == (16, 16)
