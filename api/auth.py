@@ -14,10 +14,9 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import error_response
+from api.errors import DATABASE_ERRORS, database_error_response, error_response
 from shared.errors import AppError, RateLimited
 from shared.services.keys import authenticate
 from shared.services.ratelimit import check_job_rate
@@ -84,10 +83,8 @@ class Authentication:
                 response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_seconds)))
             await response(scope, receive, send)
             return
-        except OperationalError:
-            await error_response(503, "database_unavailable", "the database is unavailable; retry")(
-                scope, receive, send
-            )
+        except DATABASE_ERRORS as exc:  # a pool timeout too: 503, as in every route
+            await database_error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

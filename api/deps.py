@@ -62,5 +62,7 @@ def get_session(request: Request) -> Iterator[Session]:
         unit_of_work.close(session)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Ended when the route returns, before the response goes out: a client that reads
+# its response slowly (or never) holds no transaction and no connection.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StorageDep = Annotated[Storage, Depends(get_storage)]

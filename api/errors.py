@@ -51,6 +51,22 @@ def error_response(
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
 
 
+DATABASE_ERRORS = (PoolTimeout, OperationalError)
+
+
+def database_error_response(exc: PoolTimeout | OperationalError) -> JSONResponse:
+    """503 for the database's two troubles, wherever they surface (routes or middleware)."""
+    if isinstance(exc, PoolTimeout):
+        log.error("no database connection free: %s", exc)
+        response = error_response(
+            503, "database_busy", "every database connection is in use; retry shortly"
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+    log.error("database unavailable: %s", exc.orig)
+    return error_response(503, "database_unavailable", "the database is unavailable; retry")
+
+
 def multipart_problem(parser_message: str) -> tuple[int, str]:
     """The multipart parser's own limits, said as this API says limits (413, with the limit)."""
     if "exceeded maximum size" in parser_message:
@@ -100,18 +116,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return response
 
     @app.exception_handler(PoolTimeout)
-    async def database_busy(_: Request, exc: PoolTimeout) -> JSONResponse:
-        log.error("no database connection free: %s", exc)
-        response = error_response(
-            503, "database_busy", "every database connection is in use; retry shortly"
-        )
-        response.headers["Retry-After"] = "1"
-        return response
-
     @app.exception_handler(OperationalError)
-    async def database_down(_: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database unavailable: %s", exc.orig)
-        return error_response(503, "database_unavailable", "the database is unavailable; retry")
+    async def database_trouble(_: Request, exc: PoolTimeout | OperationalError) -> JSONResponse:
+        return database_error_response(exc)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

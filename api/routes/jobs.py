@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep
@@ -27,6 +28,10 @@ from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+# Rows a download reads in one short transaction.
+DOWNLOAD_PAGE_ROWS = 500
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ResultFormat(StrEnum):
@@ -136,48 +141,82 @@ def results(
             session, job_id, owner=caller.owner, limit=limit, cursor=cursor
         )
         return ResultsPage(items=[ItemOut.of(i) for i in page.rows], next_cursor=page.next_cursor)
-    job_service.get_job(session, job_id, caller.owner)  # 404 before the download starts
+    # The first page is read here, so a missing job (404) or a busy database (503) is
+    # answered before the download's 200 goes out.
+    first = _download_page(session, job_id, caller.owner, cursor=None)
+    items = _every_item(settings, job_id, caller.owner, first)
     if format is ResultFormat.CSV:
         return StreamingResponse(
-            _csv_rows(settings, job_id, caller.owner),
+            _csv_rows(items),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
         )
-    return StreamingResponse(
-        _jsonl_rows(settings, job_id, caller.owner), media_type="application/x-ndjson"
+    return StreamingResponse(_jsonl_rows(items), media_type="application/x-ndjson")
+
+
+def _download_page(
+    session: Session, job_id: str, owner: str | None, cursor: str | None
+) -> tuple[list[ItemOut], str | None]:
+    """A page of the download as plain values, read while its session is open."""
+    page = job_service.results_page(
+        session, job_id, owner=owner, limit=DOWNLOAD_PAGE_ROWS, cursor=cursor
     )
+    return [ItemOut.of(item) for item in page.rows], page.next_cursor
 
 
-def _csv_rows(settings: Settings, job_id: str, owner: str | None) -> Iterator[str]:
+def _every_item(
+    settings: Settings, job_id: str, owner: str | None, first: tuple[list[ItemOut], str | None]
+) -> Iterator[ItemOut]:
+    """Every item of the job, each page read in its own short transaction.
+
+    A client may read a download as slowly as it likes, or not at all: no
+    transaction or connection is held while it does, only the page in hand.
+    """
+    rows, cursor = first
+    while True:
+        yield from rows
+        if cursor is None:
+            return
+        with session_scope(settings, write=False) as session:
+            rows, cursor = _download_page(session, job_id, owner, cursor)
+
+
+def _csv_rows(items: Iterator[ItemOut]) -> Iterator[str]:
     columns = ["filename", "status", "class", "confidence", *CLASSES, "error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
-    # Its own session: the download streams after the request's session has closed.
-    with session_scope(settings, write=False) as session:
-        for item in job_service.iter_results(session, job_id, owner):
-            scores = item.scores or {}
-            writer.writerow(
-                [
-                    item.filename,
-                    item.status,
-                    item.label or "",
-                    "" if item.confidence is None else f"{item.confidence:.6f}",
-                    *("" if c not in scores else f"{scores[c]:.6f}" for c in CLASSES),
-                    item.error or "",
-                ]
-            )
-            if buffer.tell() > 64 * 1024:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
+    for item in items:
+        scores = item.scores or {}
+        writer.writerow(
+            [
+                spreadsheet_safe(item.filename),
+                item.status,
+                item.label or "",
+                "" if item.confidence is None else f"{item.confidence:.6f}",
+                *("" if c not in scores else f"{scores[c]:.6f}" for c in CLASSES),
+                spreadsheet_safe(item.error or ""),
+            ]
+        )
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
     yield buffer.getvalue()
 
 
-def _jsonl_rows(settings: Settings, job_id: str, owner: str | None) -> Iterator[str]:
-    with session_scope(settings, write=False) as session:
-        for item in job_service.iter_results(session, job_id, owner):
-            yield json.dumps(ItemOut.of(item).model_dump(mode="json", by_alias=True)) + "\n"
+def spreadsheet_safe(text: str) -> str:
+    """A cell a spreadsheet shows as text: `=HYPERLINK(...)` and kin get a leading quote.
+
+    Spreadsheets run a cell that starts with = + - @ (or a tab or carriage
+    return before one) as a formula; OWASP's advice is to prefix it with `'`.
+    """
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
+def _jsonl_rows(items: Iterator[ItemOut]) -> Iterator[str]:
+    for item in items:
+        yield json.dumps(item.model_dump(mode="json", by_alias=True)) + "\n"
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -172,19 +171,6 @@ def results_page(
     more = len(items) > limit
     items = items[:limit]
     return Page(items, encode_cursor([items[-1].position]) if more else None)
-
-
-def iter_results(
-    session: Session, job_id: str, owner: str | None, chunk: int = 500
-) -> Iterator[Item]:
-    """Every item of a job in order, fetched a chunk at a time for downloads."""
-    cursor: str | None = None
-    while True:
-        page = results_page(session, job_id, owner=owner, limit=chunk, cursor=cursor)
-        yield from page.rows
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
 
 
 def cancel_job(session: Session, job_id: str, owner: str | None) -> Job:
