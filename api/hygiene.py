@@ -1,8 +1,13 @@
-"""Refuse URLs whose path or query carry characters no stored value may hold.
+"""Refuse requests that different readers could read differently, before anything reads them.
 
-A NUL byte in a job id or a query value would reach the database, which
-refuses it (Postgres) with an error the route never expects. Checked once for
-every route, before routing, instead of in each parameter.
+- A URL whose path or query carries a control character: a NUL byte in a job
+  id or a query value would reach the database, which refuses it (Postgres)
+  with an error the route never expects.
+- A header that means one thing sent twice: proxies and FastAPI's own
+  readers take the first `Authorization`, a dict of the headers the last, so a
+  request with two could be checked under one key and served under another.
+
+Checked once for every route, before routing and authentication.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.errors import error_response
 
 _CONTROL = {*range(0, 32), 127}
+ONCE_ONLY_HEADERS = (b"authorization", b"idempotency-key", b"content-type", b"content-length")
 
 
 def _has_control(raw: bytes) -> bool:
     return any(byte in _CONTROL for byte in unquote_to_bytes(raw))
 
 
-class UrlHygiene:
+class RequestHygiene:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -35,4 +41,20 @@ class UrlHygiene:
                 )
                 await response(scope, receive, send)
                 return
+            repeated = _repeated_header(scope["headers"])
+            if repeated is not None:
+                response = error_response(
+                    400,
+                    "invalid_input",
+                    f"send the {repeated} header once; this request has it twice or more",
+                )
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+def _repeated_header(headers: list[tuple[bytes, bytes]]) -> str | None:
+    names = [name.lower() for name, _ in headers]
+    return next(
+        (name.decode().title() for name in ONCE_ONLY_HEADERS if names.count(name) > 1), None
+    )

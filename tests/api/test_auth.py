@@ -201,3 +201,20 @@ def test_rate_limit_per_key_is_shared_by_api_processes_through_redis(
     finally:
         for service in services:
             service.stop()
+
+
+@pytest.mark.parametrize("header", ["Authorization", "Idempotency-Key", "Content-Type"])
+def test_a_header_that_means_one_thing_is_refused_when_sent_twice(
+    api: Service, header: str
+) -> None:
+    alice, bob = api.new_key("dup-a"), api.new_key("dup-b")
+    values = {
+        "Authorization": (f"Bearer {alice}", f"Bearer {bob}"),
+        "Idempotency-Key": ("one", "two"),
+        "Content-Type": ("multipart/form-data; boundary=a", "multipart/form-data; boundary=b"),
+    }[header]
+    headers = [("Authorization", f"Bearer {alice}")] if header != "Authorization" else []
+    headers += [(header, value) for value in values]
+    response = httpx.post(f"{api.url}/jobs", headers=headers, content=b"--a--\r\n")
+    assert response.status_code == 400, response.text
+    assert f"send the {header} header once" in response.json()["error"]["message"]
