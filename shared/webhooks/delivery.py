@@ -24,7 +24,7 @@ from shared.services import outbox
 from shared.services.jobs import get_job
 from shared.settings import Settings
 from shared.webhooks.events import FINAL_EVENTS
-from shared.webhooks.guard import Unresolvable, parse_networks
+from shared.webhooks.guard import Unresolvable, loggable_url, parse_networks
 from shared.webhooks.sender import Reply, post
 from shared.webhooks.signing import signature_header
 
@@ -112,7 +112,7 @@ def attempt(event: Claimed, settings: Settings) -> Attempt:
         error = describe(exc)
     duration_ms = (time.perf_counter() - started) * 1000
     outcome = _decide(response, error, event.previous_attempts + 1, settings)
-    log.info("webhook %s to %s: %s", event.event_id, event.url, outcome)
+    log.info("webhook %s to %s: %s", event.event_id, loggable_url(event.url), outcome)
     return Attempt(outcome, attempted_at, duration_ms)
 
 

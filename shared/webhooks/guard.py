@@ -7,6 +7,7 @@ change in between. WEBHOOK_ALLOWED_NETWORKS lists networks exempt from it.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import httpx
 
 from shared.errors import InvalidInput
 from shared.services.text_rules import unstorable
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -32,10 +35,43 @@ def parse_networks(text: str) -> list[IPNetwork]:
         raise InvalidInput(f"WEBHOOK_ALLOWED_NETWORKS: {exc}") from exc
 
 
+# IPv6 forms that carry an IPv4 address a router or translator may deliver to.
+NAT64_NETWORKS = (
+    ipaddress.IPv6Network("64:ff9b::/96"),  # well-known prefix (RFC 6052)
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use prefix (RFC 8215)
+)
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses inside an IPv4-mapped, IPv4-compatible, 6to4, Teredo or NAT64 form."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)  # (server, client)
+    if address in IPV4_COMPATIBLE or any(address in network for network in NAT64_NETWORKS):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
 def refusal(address: IPAddress) -> str | None:
-    """Why an address is not public, or None."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    """Why an address is not public, or None; an IPv6 form is judged by its IPv4 too."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # the same address, written as IPv6
+    own = _own_refusal(address)
+    if own is not None or isinstance(address, ipaddress.IPv4Address):
+        return own
+    for inner in embedded_ipv4(address):
+        reason = _own_refusal(inner)
+        if reason is not None:
+            return f"{reason} (carried inside an IPv6 address)"
+    return None
+
+
+def _own_refusal(address: IPAddress) -> str | None:
     checks = [
         (address.is_loopback, "loopback"),
         (address.is_link_local, "link-local (cloud metadata lives here)"),
@@ -75,35 +111,74 @@ def parse_webhook_url(url: str) -> httpx.URL:
         raise InvalidInput(f"webhook_url {url[:200]!r} is not a valid URL: {exc}") from exc
     if parsed.scheme not in {"http", "https"} or not parsed.host:
         raise InvalidInput(f"webhook_url must be an http(s) URL with a host, not {url[:200]!r}")
+    if parsed.userinfo:
+        # They would be logged, stored and sent as Basic auth to whoever the name points at.
+        raise InvalidInput(
+            "webhook_url must not carry credentials (user:password@); receivers verify "
+            "the webhook-signature header instead"
+        )
     if port is not None and not 0 < port < 65536:
         raise InvalidInput(f"webhook_url port {port} is out of range")
     return parsed
 
 
+def _not_public(host: str) -> str:
+    """One refusal for every name that is not public, whatever it resolves to or fails to.
+
+    Saying which address a name resolves to (or that it resolves at all) would let
+    callers map the service's internal DNS; the log keeps the details for operators.
+    """
+    return (
+        f"webhook_url host {host!r} does not resolve to public addresses only; webhooks go "
+        "to public addresses only (WEBHOOK_ALLOWED_NETWORKS can allow a network)"
+    )
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def resolve_target(url: str, allowed: list[IPNetwork]) -> Target:
     """Parse, resolve once, and check every address; the sender connects only to these."""
     parsed = parse_webhook_url(url)
+    host = parsed.host
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise Unresolvable(f"webhook_url host {parsed.host!r} does not resolve: {exc}") from exc
+        log.info("webhook host %r does not resolve: %s", host, exc)
+        raise Unresolvable(_not_public(host)) from exc
     except (OSError, ValueError, UnicodeError) as exc:
-        raise InvalidInput(f"webhook_url host {parsed.host!r} does not resolve: {exc}") from exc
+        log.info("webhook host %r cannot be resolved: %s", host, exc)
+        raise InvalidInput(_not_public(host)) from exc
     addresses: list[IPAddress] = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if not any(address in network for network in allowed):
             reason = refusal(address)
-            if reason:
+            if reason and _literal(host) is not None:  # the caller wrote the address itself
                 raise InvalidInput(
-                    f"webhook_url host {parsed.host!r} resolves to {address}, a {reason} "
-                    "address; webhooks go to public addresses only "
-                    "(WEBHOOK_ALLOWED_NETWORKS can allow a network)"
+                    f"webhook_url host {host} is a {reason} address; webhooks go to public "
+                    "addresses only (WEBHOOK_ALLOWED_NETWORKS can allow a network)"
                 )
+            if reason:
+                log.info("webhook host %r refused: it resolves to %s (%s)", host, address, reason)
+                raise InvalidInput(_not_public(host))
         if address not in addresses:
             addresses.append(address)
-    return Target(parsed, parsed.host, port, addresses)
+    return Target(parsed, host, port, addresses)
+
+
+def loggable_url(url: str) -> str:
+    """Scheme, host, port and path: never a query string or credentials, which may be secrets."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return "<unparseable URL>"
+    return str(parsed.copy_with(userinfo=None, query=None, fragment=None))
 
 
 def check_webhook_url(url: str, allowed: list[IPNetwork]) -> None:

@@ -3,13 +3,16 @@
 - It connects only to an address the guard approved (the name is resolved once,
   by the guard), while `Host`, TLS SNI and the certificate check keep the name.
 - Proxy variables in the environment are ignored.
-- One deadline covers resolving, connecting, sending and receiving.
+- One deadline covers resolving (in a thread nobody waits for past it), connecting,
+  sending and receiving.
 - At most `MAX_RESPONSE_BYTES` of the body are read, raw: never decompressed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from dataclasses import dataclass
 
 import httpx
@@ -45,8 +48,7 @@ def post(
     """
 
     async def attempt() -> Reply:
-        # The guard resolves with the blocking resolver: in a thread, under the deadline.
-        target = await asyncio.to_thread(resolve_target, url, allowed)
+        target = await _resolve(url, allowed)
         return await _post_pinned(target, body, headers)
 
     async def bounded() -> Reply:
@@ -60,11 +62,44 @@ def post(
     return asyncio.run(bounded())
 
 
-async def _post_pinned(target: Target, body: bytes, headers: dict[str, str]) -> Reply:
+async def _resolve(url: str, allowed: list[IPNetwork]) -> Target:
+    """The guard's resolution, with the blocking resolver in a thread of its own.
+
+    Not `asyncio.to_thread`: `asyncio.run` joins its default executor before it
+    returns, so a resolver that hangs for 12 s would hold a 2 s deadline for 12 s.
+    A daemon thread is left behind instead, and ends when the resolver gives up.
+    """
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[Target] = loop.create_future()
+
+    def settle(result: Target | None, error: BaseException | None) -> None:
+        if answer.done():  # the deadline passed first
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = resolve_target(url, allowed), None
+        except BaseException as exc:  # handed to the waiting coroutine as it is
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="webhook-resolver", daemon=True).start()
+    return await answer
+
+
+def host_header(target: Target) -> str:
+    """`Host` as RFC 9110 spells it: an IPv6 literal in brackets, the port unless default."""
     default_port = 443 if target.url.scheme == "https" else 80
-    host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
-    if ":" in target.host and target.port != default_port:  # an IPv6 literal
-        host_header = f"[{target.host}]:{target.port}"
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return host if target.port == default_port else f"{host}:{target.port}"
+
+
+async def _post_pinned(target: Target, body: bytes, headers: dict[str, str]) -> Reply:
     last_error: Exception | None = None
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=None) as client:
         for address in target.addresses:
@@ -74,7 +109,7 @@ async def _post_pinned(target: Target, body: bytes, headers: dict[str, str]) -> 
                     "POST",
                     pinned,
                     content=body,
-                    headers={**headers, "host": host_header, "accept-encoding": "identity"},
+                    headers={**headers, "host": host_header(target), "accept-encoding": "identity"},
                     extensions={"sni_hostname": target.host},
                 ) as response:
                     prefix = bytearray()

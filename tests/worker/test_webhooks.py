@@ -238,4 +238,4 @@ def test_refused_targets_never_reach_the_network(service: Service, tmp_path: Pat
         data={"webhook_url": "http://192.168.1.10/hook"},
     )
     assert response.status_code == 422
-    assert "192.168.1.10, a private address" in response.json()["error"]["message"]
+    assert "192.168.1.10 is a private address" in response.json()["error"]["message"]
