@@ -6,6 +6,7 @@ limit per key; without it (the embedded default) each process keeps its own.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -40,9 +41,18 @@ class RateLimiter(Protocol):
 
 
 class LocalRateLimiter:
-    def __init__(self, per_minute: int, burst: int) -> None:
+    """One theoretical arrival time per bucket, at most `max_buckets` of them.
+
+    A bucket whose time has passed holds nothing an absent one would not, so it
+    is dropped; past the cap (clients from more addresses than that, all within
+    their burst window) the buckets closest to expiring go, which at worst gives
+    those clients a fresh burst: memory stays bounded whoever connects.
+    """
+
+    def __init__(self, per_minute: int, burst: int, max_buckets: int = 100_000) -> None:
         self.interval = 60.0 / per_minute
         self.tolerance = self.interval * burst
+        self.max_buckets = max_buckets
         self.lock = threading.Lock()
         self.tats: dict[str, float] = {}
 
@@ -54,7 +64,16 @@ class LocalRateLimiter:
             if wait > 0:
                 return wait
             self.tats[bucket] = new_tat
+            if len(self.tats) > self.max_buckets:
+                self._forget(now)
             return 0.0
+
+    def _forget(self, now: float) -> None:
+        self.tats = {bucket: tat for bucket, tat in self.tats.items() if tat > now}
+        excess = len(self.tats) - self.max_buckets // 2
+        if excess > 0:
+            for bucket in heapq.nsmallest(excess, self.tats, key=self.tats.__getitem__):
+                del self.tats[bucket]
 
 
 class RedisRateLimiter:
