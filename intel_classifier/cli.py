@@ -415,12 +415,19 @@ def api(
     """Run the HTTP API only (any number of API processes may share one database)."""
     import uvicorn
 
+    from intel_classifier.http_server import protocol_with_deadlines
+
     settings = get_settings()
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
+        http=protocol_with_deadlines(
+            settings.request_header_timeout_seconds,
+            settings.request_body_timeout_seconds,
+            settings.request_body_min_bytes_per_second,
+        ),
         log_config=None,  # configure_logging() set up the root logger; uvicorn's propagate
         timeout_graceful_shutdown=10,
     )

@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     )
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
     max_form_field_bytes: int = Field(default=64 * 1024, ge=1)
+    request_header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A request's headers must arrive within this"
+    )
+    request_body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A body's first allowance; each chunk adds its size over the minimum rate",
+    )
+    request_body_min_bytes_per_second: float = Field(
+        default=16 * 1024, gt=0, description="The slowest upload rate a body is allowed"
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
