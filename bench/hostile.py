@@ -32,9 +32,9 @@ from typing import Any
 
 import httpx
 
-from testkit.crafted import CRAFTED_ARCHIVES, DEEP_IMAGES, flat_image
+from testkit.crafted import CRAFTED_ARCHIVES, DEEP_IMAGES, flat_image, unread_download
 from testkit.processes import Service, free_port, service_env
-from testkit.resources import fresh_postgres_database
+from testkit.resources import fresh_postgres_database, idle_in_transaction
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -114,15 +114,6 @@ def deep_images(work: Path) -> dict[str, Any]:
     return figures
 
 
-def _stalled_download(port: int, path: str, key: str) -> socket.socket:
-    """A GET whose answer is never read: a tiny receive window, then nothing."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
-    return sock
-
-
 def _latencies(client: httpx.Client, key: str, rounds: int = 5) -> dict[str, Any]:
     jpeg = flat_image("RGB", (32, 32), "JPEG", 0)
     headers = {"Authorization": f"Bearer {key}"}
@@ -146,23 +137,6 @@ def _latencies(client: httpx.Client, key: str, rounds: int = 5) -> dict[str, Any
             times.append(time.perf_counter() - began)
         figures[name] = {"max_s": round(max(times), 3), "statuses": sorted(set(statuses))}
     return figures
-
-
-def idle_in_transaction(database_url: str) -> int:
-    """Connections to the service's database that hold a transaction open doing nothing."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    with psycopg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, dbname="postgres"
-    ) as connection:
-        row = connection.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-            "AND state = 'idle in transaction'",
-            (url.database,),
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def stalled_downloads(stalled: int, work: Path) -> dict[str, Any]:
@@ -190,9 +164,7 @@ def stalled_downloads(stalled: int, work: Path) -> dict[str, Any]:
                 idle = _latencies(client, key)
                 for _ in range(stalled):
                     sockets.append(
-                        _stalled_download(
-                            service.port, f"/jobs/{job['id']}/results?format=csv", key
-                        )
+                        unread_download(service.port, f"/jobs/{job['id']}/results?format=csv", key)
                     )
                 time.sleep(15)  # every download has filled its buffers and waits on its client
                 held = idle_in_transaction(database_url)

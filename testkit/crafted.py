@@ -8,6 +8,7 @@ to an unzipper or decoder that trusts what they declare.
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import zipfile
 
@@ -120,3 +121,12 @@ DEEP_IMAGES = {
     "32-bit integer TIFF": ("I", "TIFF"),
     "32-bit float TIFF": ("F", "TIFF"),
 }
+
+
+def unread_download(port: int, path: str, key: str) -> socket.socket:
+    """A GET whose answer is never read: a tiny receive window, then nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+    return sock

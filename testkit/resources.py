@@ -47,3 +47,20 @@ def fresh_postgres_database() -> Iterator[str]:
             )
         finally:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def idle_in_transaction(database_url: str) -> int:
+    """Connections to the service's database that hold a transaction open doing nothing."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    with psycopg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, dbname="postgres"
+    ) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = %s AND state = 'idle in transaction'",
+            (url.database,),
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import socket
 import time
 import zipfile
 from collections.abc import Iterator
@@ -17,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
-from testkit.crafted import flat_image
+from testkit.crafted import flat_image, unread_download
 from testkit.processes import Service, running_api
+from testkit.resources import idle_in_transaction
 from tests.conftest import fresh_postgres_database
 
 ITEMS = 9_999  # rows of ~450 bytes: 4.5 MB, more than the kernel buffers for one socket
@@ -63,31 +61,15 @@ def keyed(
         yield service, key, response.json()["id"]
 
 
-def unread_download(service: Service, key: str, path: str) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", service.port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
-    return sock
-
-
-def idle_in_transaction(database_url: str) -> int:
-    url = make_url(database_url)
-    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname="postgres") as db:
-        row = db.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = %s AND state = 'idle in transaction'",
-            (url.database,),
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
 def test_unread_downloads_hold_nothing_and_everyone_else_goes_on(
     keyed: tuple[Service, str, str], database_url: str
 ) -> None:
     service, key, job_id = keyed
     formats = ["csv", "jsonl"] * 4  # 8 downloads, each could hold 2 of the 3 connections
-    stalled = [unread_download(service, key, f"/jobs/{job_id}/results?format={f}") for f in formats]
+    stalled = [
+        unread_download(service.port, key=key, path=f"/jobs/{job_id}/results?format={f}")
+        for f in formats
+    ]
     try:
         time.sleep(2)  # each has sent what its buffers take, and waits on its client
         assert idle_in_transaction(database_url) == 0
