@@ -9,7 +9,7 @@ from starlette.formparsers import MultiPartParser
 from api.auth import Authentication
 from api.deps import Resources
 from api.errors import install_error_handlers
-from api.hygiene import RequestHygiene
+from api.hygiene import RepeatedHeaders, UrlHygiene
 from api.limits import UploadLimit
 from api.routes import health, jobs, metrics, page, predict, webhooks
 from shared.settings import Settings, get_settings
@@ -42,8 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     install_error_handlers(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(UrlHygiene)
     # A stranger's upload is refused before it streams in.
     app.add_middleware(Authentication, settings=settings)
-    # Added last, so it runs first: no one reads a request two readers could read apart.
-    app.add_middleware(RequestHygiene)
+    # Added last, so it runs first: no one reads a header two readers could read apart.
+    app.add_middleware(RepeatedHeaders)
     return app

@@ -7,7 +7,7 @@
   readers take the first `Authorization`, a dict of the headers the last, so a
   request with two could be checked under one key and served under another.
 
-Checked once for every route, before routing and authentication.
+Checked once for every route, before routing; repeated headers before authentication.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _has_control(raw: bytes) -> bool:
     return any(byte in _CONTROL for byte in unquote_to_bytes(raw))
 
 
-class RequestHygiene:
+class UrlHygiene:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -41,6 +41,17 @@ class RequestHygiene:
                 )
                 await response(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class RepeatedHeaders:
+    """Runs first, before authentication reads a header that could be read two ways."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
             repeated = _repeated_header(scope["headers"])
             if repeated is not None:
                 response = error_response(
