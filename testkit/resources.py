@@ -49,8 +49,14 @@ def fresh_postgres_database() -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def idle_in_transaction(database_url: str) -> int:
-    """Connections to the service's database that hold a transaction open doing nothing."""
+def idle_in_transaction(database_url: str, for_seconds: float = 3.0) -> int:
+    """Connections to the service's database that have held a transaction open, doing
+    nothing, for at least `for_seconds`.
+
+    A request between two statements of its transaction is idle for a moment; one
+    that holds a transaction while its client does not read stays idle. Only the
+    second is counted, so a busy machine does not read as a leak.
+    """
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -60,7 +66,8 @@ def idle_in_transaction(database_url: str) -> int:
     ) as connection:
         row = connection.execute(
             "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = %s AND state = 'idle in transaction'",
-            (url.database,),
+            "WHERE datname = %s AND state = 'idle in transaction' "
+            "AND state_change < now() - make_interval(secs => %s)",
+            (url.database, for_seconds),
         ).fetchone()
     return int(row[0]) if row else 0

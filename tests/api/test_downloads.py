@@ -71,7 +71,7 @@ def test_unread_downloads_hold_nothing_and_everyone_else_goes_on(
         for f in formats
     ]
     try:
-        time.sleep(2)  # each has sent what its buffers take, and waits on its client
+        time.sleep(5)  # each has sent what its buffers take, and waits on its client
         assert idle_in_transaction(database_url) == 0
         with httpx.Client(
             base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
