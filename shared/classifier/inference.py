@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from itertools import islice
@@ -53,50 +53,99 @@ class Prediction:
 
 
 def decode_ahead(
-    items: Iterable[T],
+    groups: Iterable[list[T]],
     decode: Callable[[T], np.ndarray],
-    batch_size: int,
     workers: int,
     timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
+    on_wait: Callable[[], None] | None = None,
 ) -> Iterator[list[Decoded[T]]]:
-    """Yield decoded batches; the next batch decodes in threads while the caller runs this one.
+    """Yield each group decoded; the next group decodes in threads while the caller runs this one.
 
     The network releases the GIL, so Pillow decoding in the pool overlaps inference.
-    An item whose decode raises anything, or outlives `timeout_seconds`, comes back
-    alone with the reason; a hung decode is abandoned, never waited for again.
+    An item whose decode raises anything, or runs longer than `timeout_seconds`
+    from its start, comes back alone with the reason. A hung decode is abandoned
+    with its thread; the items still waiting move to fresh threads, so it holds
+    its group no longer than its deadline.
     """
+    pool = _DecodePool(decode, workers)
+    iterator = iter(groups)
 
-    def guarded(item: T) -> Decoded[T]:
-        try:
-            return Decoded(item, decode(item), None)
-        except Exception as exc:  # any failure of one image is that image's alone
-            return Decoded(item, None, describe(exc))
-
-    iterator = iter(items)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-    abandoned = False
-
-    def submit_next() -> list[tuple[T, Future[Decoded[T]]]]:
-        return [(item, pool.submit(guarded, item)) for item in islice(iterator, batch_size)]
-
-    def collect(item: T, future: Future[Decoded[T]]) -> Decoded[T]:
-        nonlocal abandoned
-        try:
-            return future.result(timeout=timeout_seconds)
-        except FutureTimeout:
-            log.error("decode did not finish in %.0fs; abandoning it", timeout_seconds)
-            abandoned = True
-            return Decoded(item, None, f"not decoded within {timeout_seconds:g}s")
+    def submit_next() -> list[_Decoding[T]]:
+        group = next(iterator, None)
+        return [] if group is None else [pool.submit(item) for item in group]
 
     try:
         pending = submit_next()
         while pending:
             upcoming = submit_next()
-            yield [collect(item, future) for item, future in pending]
+            decoded = []
+            for decoding in pending:
+                if on_wait is not None:
+                    on_wait()
+                decoded.append(pool.collect(decoding, timeout_seconds))
+            yield decoded
             pending = upcoming
     finally:
+        pool.shutdown()
+
+
+@dataclass
+class _Decoding(Generic[T]):
+    item: T
+    future: Future[Decoded[T]]
+    started: float | None = None  # monotonic, set by the thread that runs it
+
+
+class _DecodePool(Generic[T]):
+    """Decode threads that a hung decode cannot take away from the items behind it."""
+
+    def __init__(self, decode: Callable[[T], np.ndarray], workers: int) -> None:
+        self.decode = decode
+        self.workers = workers
+        self.pool = self._new_pool()
+        self.abandoned = False
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode")
+
+    def submit(self, item: T) -> _Decoding[T]:
+        decoding: _Decoding[T] = _Decoding(item, Future())
+        decoding.future = self.pool.submit(self._guarded, decoding)
+        return decoding
+
+    def _guarded(self, decoding: _Decoding[T]) -> Decoded[T]:
+        decoding.started = time.monotonic()
+        try:
+            return Decoded(decoding.item, self.decode(decoding.item), None)
+        except Exception as exc:  # any failure of one image is that image's alone
+            return Decoded(decoding.item, None, describe(exc))
+
+    def collect(self, decoding: _Decoding[T], timeout_seconds: float) -> Decoded[T]:
+        while True:
+            if decoding.future.cancelled():  # moved off a pool a hung decode held
+                decoding.future = self.pool.submit(self._guarded, decoding)
+            started = decoding.started
+            wait = 0.1 if started is None else started + timeout_seconds - time.monotonic()
+            try:
+                return decoding.future.result(timeout=max(wait, 0.0))
+            except FutureTimeout:
+                if started is not None and time.monotonic() >= started + timeout_seconds:
+                    return self._abandon(decoding, timeout_seconds)
+            except CancelledError:
+                continue
+
+    def _abandon(self, decoding: _Decoding[T], timeout_seconds: float) -> Decoded[T]:
+        log.error("decode did not finish in %.0fs; abandoning it", timeout_seconds)
+        self.abandoned = True
+        # The hung thread keeps its pool; what waited behind it is cancelled there
+        # and submitted again, on fresh threads, when it is collected.
+        hung, self.pool = self.pool, self._new_pool()
+        hung.shutdown(wait=False, cancel_futures=True)
+        return Decoded(decoding.item, None, f"not decoded within {timeout_seconds:g}s")
+
+    def shutdown(self) -> None:
         # A hung decode must not hang the caller: leave its thread behind.
-        pool.shutdown(wait=not abandoned, cancel_futures=True)
+        self.pool.shutdown(wait=not self.abandoned, cancel_futures=True)
 
 
 def run_isolated(
@@ -149,8 +198,25 @@ def infer_batches(
     workers: int,
     decode_timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
 ) -> Iterator[InferredBatch[T]]:
-    """The one batched-inference loop: the CLI, evaluation, feature caching and workers use it."""
-    for batch in decode_ahead(items, decode, batch_size, workers, decode_timeout_seconds):
+    """The one batched-inference loop: the CLI, evaluation and feature caching use it."""
+    iterator = iter(items)
+    groups = iter(lambda: list(islice(iterator, batch_size)), [])
+    return infer_groups(
+        groups, decode, run, workers=workers, decode_timeout_seconds=decode_timeout_seconds
+    )
+
+
+def infer_groups(
+    groups: Iterable[list[T]],
+    decode: Callable[[T], np.ndarray],
+    run: Callable[[np.ndarray], np.ndarray],
+    *,
+    workers: int,
+    decode_timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
+    on_wait: Callable[[], None] | None = None,
+) -> Iterator[InferredBatch[T]]:
+    """One forward pass per group, as the caller formed them (workers: one per claim)."""
+    for batch in decode_ahead(groups, decode, workers, decode_timeout_seconds, on_wait):
         started = time.perf_counter()
         outputs = run_decoded(batch, run)
         inference_ms = (time.perf_counter() - started) * 1000

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from shared.classifier.inference import decode_ahead, run_decoded
+
+
+def groups(items: Iterable[int], size: int) -> Iterator[list[int]]:
+    group: list[int] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _decode(item: int) -> np.ndarray:
@@ -25,7 +37,7 @@ def _run(batch: np.ndarray) -> np.ndarray:
 
 def test_any_exception_while_decoding_fails_that_item_alone() -> None:
     outputs: list[np.ndarray | str] = []
-    for batch in decode_ahead(range(10), _decode, batch_size=4, workers=2):
+    for batch in decode_ahead(groups(range(10), 4), _decode, workers=2):
         outputs += run_decoded(batch, _run)
     assert isinstance(outputs[3], str)
     assert "KeyError" in outputs[3]
@@ -45,7 +57,7 @@ def test_a_forward_pass_that_raises_is_bisected_to_the_culprit() -> None:
         calls.append(len(batch))
         return _run(batch)
 
-    batch = next(decode_ahead([7, 0, 1, 2, 4, 6, 8, 9], _decode, batch_size=8, workers=2))
+    batch = next(decode_ahead([[7, 0, 1, 2, 4, 6, 8, 9]], _decode, workers=2))
     outputs = run_decoded(batch, counting)
     assert outputs[0] == "inference failed: RuntimeError: kernel failed"
     assert all(not isinstance(o, str) for o in outputs[1:])
@@ -63,9 +75,29 @@ def test_a_hung_decode_is_abandoned_and_fails_alone() -> None:
 
     items = [
         decoded
-        for batch in decode_ahead(range(6), hangs_on_two, 3, 2, timeout_seconds=0.5)
+        for batch in decode_ahead(groups(range(6), 3), hangs_on_two, 2, timeout_seconds=0.5)
         for decoded in batch
     ]
     assert not returned.is_set()  # the loop ended while that decode still hangs
     release.set()
     assert [d.error for d in items] == [None, None, "not decoded within 0.5s", None, None, None]
+
+
+def test_hung_decodes_do_not_take_the_threads_of_the_items_behind_them() -> None:
+    """Two hangs on a pool of two: each fails alone at its deadline, the rest still decode."""
+    release = threading.Event()
+    waits: list[int] = []
+
+    def hangs(item: int) -> np.ndarray:
+        if item in {0, 1}:
+            release.wait(60)
+        waits.append(item)
+        return np.zeros((1,), np.float32)
+
+    try:
+        [batch] = list(decode_ahead([list(range(8))], hangs, 2, timeout_seconds=0.5))
+    finally:
+        release.set()
+    errors = [d.error for d in batch]
+    assert errors[:2] == ["not decoded within 0.5s"] * 2
+    assert errors[2:] == [None] * 6
