@@ -62,21 +62,23 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def pending_marks(settings: Settings) -> PendingMarks:
+def pending_marks(settings: Settings, kind: str = "") -> PendingMarks:
+    """Marks of the jobs (or, with kind "event", the webhook events) with a message waiting."""
     # Long enough for a message to wait out a backlog; short enough that a mark left by
     # a process that died between marking and sending delays its job only so long.
     ttl = max(6 * settings.requeue_after_seconds, 600.0)
     if settings.redis_url:
-        return RedisMarks(settings.redis_url, ttl)
-    return FolderMarks(settings.broker_folder / "pending", ttl)
+        return RedisMarks(settings.redis_url, ttl, kind)
+    return FolderMarks(settings.broker_folder / ("pending" + (f"-{kind}s" if kind else "")), ttl)
 
 
 class JobQueue:
-    """Wake-up messages for jobs, at most one waiting per job."""
+    """Wake-up messages for jobs and webhook events, at most one waiting for each."""
 
-    def __init__(self, app: Celery, marks: PendingMarks) -> None:
+    def __init__(self, app: Celery, marks: PendingMarks, event_marks: PendingMarks) -> None:
         self.app = app
         self.marks = marks
+        self.event_marks = event_marks
 
     def enqueue(self, job_id: str) -> bool:
         """Send the job's message unless one is waiting already; True when one was sent."""
@@ -95,8 +97,19 @@ class JobQueue:
         self.marks.clear(job_id)
 
     def enqueue_webhook(self, event_id: str) -> None:
-        self.app.send_task(WEBHOOK_TASK, args=[event_id], queue=WEBHOOK_QUEUE)
+        """Send the event's delivery message unless one is waiting already."""
+        if not self.event_marks.set(event_id):
+            return
+        try:
+            self.app.send_task(WEBHOOK_TASK, args=[event_id], queue=WEBHOOK_QUEUE)
+        except BaseException:
+            self.event_marks.clear(event_id)
+            raise
+
+    def webhook_taken(self, event_id: str) -> None:
+        """A delivery task took the event's message: the next enqueue sends a new one."""
+        self.event_marks.clear(event_id)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> JobQueue:
-        return cls(make_celery(settings), pending_marks(settings))
+        return cls(make_celery(settings), pending_marks(settings), pending_marks(settings, "event"))

@@ -12,14 +12,17 @@ from shared.settings import Settings
 from shared.webhooks.delivery import Outcome, attempt, claim_event, due_events, record_attempt
 
 
-def deliver(event_id: str, settings: Settings) -> Outcome | None:
-    """One attempt for a due event; None when it is not due, already done, or leased elsewhere."""
+def deliver(
+    event_id: str, settings: Settings, queue: outbox.Sender | None = None
+) -> Outcome | None:
+    """One attempt for a due event; None when it is not due, already done, leased elsewhere,
+    or waiting behind an earlier event of its job (which sends it on when it ends)."""
     with session_scope(settings) as session:
         claimed = claim_event(session, event_id, settings)
     if claimed is None:
         return None
     done = attempt(claimed, settings)
-    with session_scope(settings) as session:
+    with session_scope(settings, sender=queue) as session:
         record_attempt(session, claimed, done)
     return done.outcome
 

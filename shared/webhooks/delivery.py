@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from shared import metrics
 from shared.db.models import WebhookAttempt, WebhookEvent, WebhookEventStatus, utcnow
@@ -51,6 +51,7 @@ class Claimed:
     url: str
     body: str
     previous_attempts: int
+    job_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,23 @@ class Attempt:
     duration_ms: float
 
 
+def _first_pending_of_its_job() -> ColumnElement[bool]:
+    """No earlier event of the same job is still pending: a receiver gets a job's events
+    in the order they were written (job.started, job.progress, then the final one)."""
+    earlier = aliased(WebhookEvent)
+    return ~exists().where(
+        earlier.job_id == WebhookEvent.job_id,
+        earlier.status == WebhookEventStatus.PENDING,
+        or_(
+            earlier.created_at < WebhookEvent.created_at,
+            and_(earlier.created_at == WebhookEvent.created_at, earlier.id < WebhookEvent.id),
+        ),
+    )
+
+
 def claim_event(session: Session, event_id: str, settings: Settings) -> Claimed | None:
-    """Lease a due event for one attempt; None when it is not due, already done, or leased."""
+    """Lease a due event for one attempt; None when it is not due, already done, leased,
+    or waiting behind an earlier event of its job."""
     lease = timedelta(seconds=settings.webhook_timeout_seconds + 30)
     now = utcnow()
     claimed = session.execute(
@@ -71,14 +87,15 @@ def claim_event(session: Session, event_id: str, settings: Settings) -> Claimed 
             WebhookEvent.status == WebhookEventStatus.PENDING,
             WebhookEvent.next_attempt_at <= now,
             or_(WebhookEvent.lease_until.is_(None), WebhookEvent.lease_until < now),
+            _first_pending_of_its_job(),
         )
         .values(lease_until=now + lease)
-        .returning(WebhookEvent.url, WebhookEvent.body, WebhookEvent.attempts)
+        .returning(WebhookEvent.url, WebhookEvent.body, WebhookEvent.attempts, WebhookEvent.job_id)
     ).one_or_none()
     if claimed is None:
         return None
-    url, body, previous_attempts = claimed
-    return Claimed(event_id, url, body, previous_attempts)
+    url, body, previous_attempts, job_id = claimed
+    return Claimed(event_id, url, body, previous_attempts, job_id)
 
 
 def attempt(event: Claimed, settings: Settings) -> Attempt:
@@ -146,6 +163,20 @@ def record_attempt(session: Session, event: Claimed, done: Attempt) -> None:
     )
     outcome_label = "retry" if outcome.status == WebhookEventStatus.PENDING else outcome.status
     metrics.count(session, metrics.WEBHOOK_ATTEMPTS, outcome=str(outcome_label))
+    if outcome.status != WebhookEventStatus.PENDING:
+        _send_next_of_job(session, event.job_id)
+
+
+def _send_next_of_job(session: Session, job_id: str) -> None:
+    """The event that waited behind this one goes out after the commit, not a second later."""
+    following = session.scalars(
+        select(WebhookEvent.id)
+        .where(WebhookEvent.job_id == job_id, WebhookEvent.status == WebhookEventStatus.PENDING)
+        .order_by(WebhookEvent.created_at, WebhookEvent.id)
+        .limit(1)
+    ).first()
+    if following is not None:
+        outbox.add_event(session, following)
 
 
 def _decide(response: Reply | None, error: str | None, attempt: int, settings: Settings) -> Outcome:
@@ -194,6 +225,7 @@ def due_events(session: Session, limit: int = 200) -> list[str]:
                 WebhookEvent.status == WebhookEventStatus.PENDING,
                 WebhookEvent.next_attempt_at <= now,
                 or_(WebhookEvent.lease_until.is_(None), WebhookEvent.lease_until < now),
+                _first_pending_of_its_job(),
             )
             .order_by(WebhookEvent.next_attempt_at)
             .limit(limit)

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from shared.db.models import new_id
-from shared.queue import QUEUE, JobQueue, make_celery, pending_marks
+from shared.queue import QUEUE, WEBHOOK_QUEUE, JobQueue, make_celery, pending_marks
 from shared.queue_marks import RedisMarks
 from shared.settings import Settings
 
@@ -17,7 +17,7 @@ from shared.settings import Settings
 def _clear(url: str) -> None:
     """Other tests' workers share this Redis database: leave no message or mark behind."""
     client = redis.Redis.from_url(url)
-    client.delete(QUEUE, *client.keys(RedisMarks.PREFIX + "*"))
+    client.delete(QUEUE, WEBHOOK_QUEUE, *client.keys(RedisMarks.PREFIX + "*"))
 
 
 @pytest.fixture(params=["redis", "embedded"])
@@ -31,14 +31,19 @@ def queue_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
     yield Settings(data_dir=tmp_path)
 
 
-def _waiting(settings: Settings) -> int:
+def _waiting(settings: Settings, queue: str = QUEUE) -> int:
     if settings.redis_url:
-        return int(redis.Redis.from_url(settings.redis_url).llen(QUEUE))
+        return int(redis.Redis.from_url(settings.redis_url).llen(queue))
+    # The embedded broker keeps every queue's messages in one folder.
     return len(list((settings.broker_folder / "queue").glob("*.msg")))
 
 
 def test_a_job_has_at_most_one_message_waiting(queue_settings: Settings) -> None:
-    queue = JobQueue(make_celery(queue_settings), pending_marks(queue_settings))
+    queue = JobQueue(
+        make_celery(queue_settings),
+        pending_marks(queue_settings),
+        pending_marks(queue_settings, "event"),
+    )
     backlog = [new_id() for _ in range(5)]
     for _ in range(4):  # the API's enqueue, then three reconciler passes over the backlog
         for job_id in backlog:
@@ -53,7 +58,9 @@ def test_a_job_has_at_most_one_message_waiting(queue_settings: Settings) -> None
 
 def test_marks_are_lost_with_the_messages_they_stand_for(redis_url: str, tmp_path: Path) -> None:
     settings = Settings(redis_url=redis_url, data_dir=tmp_path)
-    queue = JobQueue(make_celery(settings), pending_marks(settings))
+    queue = JobQueue(
+        make_celery(settings), pending_marks(settings), pending_marks(settings, "event")
+    )
     job_id = new_id()
     assert queue.enqueue(job_id)
     client = redis.Redis.from_url(redis_url)
@@ -61,3 +68,24 @@ def test_marks_are_lost_with_the_messages_they_stand_for(redis_url: str, tmp_pat
     assert queue.enqueue(job_id)  # the reconciler's enqueue goes through again
     assert client.llen(QUEUE) == 1
     _clear(redis_url)
+
+
+def test_a_webhook_event_has_at_most_one_delivery_message_waiting(
+    queue_settings: Settings,
+) -> None:
+    """The dispatcher looks for due events every second; a slow receiver must not
+    make that a flood of duplicate delivery messages."""
+    queue = JobQueue(
+        make_celery(queue_settings),
+        pending_marks(queue_settings),
+        pending_marks(queue_settings, "event"),
+    )
+    events = [f"msg_{new_id()}" for _ in range(3)]
+    for _ in range(5):  # five dispatcher passes while the receiver hangs
+        for event_id in events:
+            queue.enqueue_webhook(event_id)
+    assert _waiting(queue_settings, WEBHOOK_QUEUE) == len(events)
+    queue.webhook_taken(events[0])  # a delivery task took it: the next retry may be sent
+    queue.enqueue_webhook(events[0])
+    queue.enqueue_webhook(events[0])
+    assert _waiting(queue_settings, WEBHOOK_QUEUE) == len(events) + 1
