@@ -533,7 +533,12 @@ def serve(
     worker_env = {"WORKER_NICE": "10", **os.environ}
     supervisor = Supervisor(preexec=die_with_parent)
     command = [sys.executable, "-m", "intel_classifier"]
-    supervisor.add("worker", [*command, "worker", "--quiet"], worker_env)
+    supervisor.add(
+        "worker",
+        [*command, "worker", "--quiet"],
+        worker_env,
+        stalled=lambda pid: _worker_stalled(settings, pid),
+    )
     supervisor.add("webhook worker", [*command, "webhooks", "--quiet"])
     supervisor.run_in_background()  # a worker that dies is started again, with backoff
     bound = host or settings.host
@@ -554,6 +559,18 @@ def serve(
     finally:
         supervisor.stop()
         typer.echo("stopped: the API and both workers", err=True)
+
+
+def _worker_stalled(settings: Settings, pid: int) -> bool:
+    """The classify worker `pid` of this host beat once, then stopped: it makes no progress."""
+    import socket
+
+    from shared.services import heartbeats
+    from shared.services.unit_of_work import session_scope
+
+    name = f"classify@{socket.gethostname()}:{pid}"
+    with session_scope(settings, write=False) as session:
+        return heartbeats.stale(session, name, settings.worker_stale_seconds)
 
 
 def announce_when_ready(settings: Settings, url: str) -> None:

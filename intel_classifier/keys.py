@@ -14,11 +14,25 @@ keys_app = typer.Typer(help="API keys (used when AUTH_ENABLED=true).", no_args_i
 
 
 @keys_app.command("create")
-def create(name: Annotated[str, typer.Option(help="Who or what the key is for.")]) -> None:
+def create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    weight: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=key_service.MAX_WEIGHT,
+            help="Its share of the workers against other keys with work waiting.",
+        ),
+    ] = 1,
+) -> None:
     """Make a key; it is printed once, on the last line, and never stored in the clear."""
     with session_scope(get_settings()) as session:
-        row, key = key_service.create_key(session, name)
-        typer.echo(f"created key {row.prefix} ({row.name}, id {row.id}); keep it secret:", err=True)
+        row, key = key_service.create_key(session, name, weight)
+        typer.echo(
+            f"created key {row.prefix} ({row.name}, weight {row.weight}, id {row.id}); "
+            "keep it secret:",
+            err=True,
+        )
     typer.echo(key)
 
 
@@ -27,11 +41,16 @@ def list_keys() -> None:
     """Every key: prefix, name, when it was made, and whether it is revoked."""
     with session_scope(get_settings(), write=False) as session:
         rows = key_service.list_keys(session)
-        typer.echo(f"{'PREFIX':<14} {'NAME':<24} {'CREATED':<20} {'REVOKED':<20} ID")
+        typer.echo(
+            f"{'PREFIX':<14} {'NAME':<24} {'WEIGHT':>6} {'CREATED':<20} {'REVOKED':<20} ID"
+        )
         for row in rows:
             revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
             created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
-            typer.echo(f"{row.prefix:<14} {row.name:<24} {created:<20} {revoked:<20} {row.id}")
+            typer.echo(
+                f"{row.prefix:<14} {row.name:<24} {row.weight:>6} {created:<20} {revoked:<20} "
+                f"{row.id}"
+            )
 
 
 @keys_app.command("revoke")

@@ -15,6 +15,7 @@ FIRST_DELAY_SECONDS = 1.0
 LONGEST_DELAY_SECONDS = 60.0
 # A child that ran this long before dying starts the backoff again from the first delay.
 HEALTHY_AFTER_SECONDS = 60.0
+STALL_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Child:
     started: float = 0.0
     failures: int = 0
     restart_at: float | None = None
+    # Says whether the running process (by pid) is alive but makes no progress.
+    stalled: Callable[[int], bool] | None = None
+    next_stall_check: float = 0.0
 
 
 @dataclass
@@ -35,8 +39,14 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
-    def add(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
-        child = Child(name, argv, env)
+    def add(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        stalled: Callable[[int], bool] | None = None,
+    ) -> None:
+        child = Child(name, argv, env, stalled=stalled)
         self.children.append(child)
         self._start(child)
 
@@ -66,6 +76,7 @@ class Supervisor:
             return
         code = child.popen.poll() if child.popen else None
         if code is None:
+            self._kill_if_stalled(child, now)
             return
         if now - child.started >= HEALTHY_AFTER_SECONDS:
             child.failures = 0
@@ -73,6 +84,20 @@ class Supervisor:
         child.failures += 1
         child.restart_at = now + delay
         log.error("%s exited with code %s; restarting it in %.0fs", child.name, code, delay)
+
+    def _kill_if_stalled(self, child: Child, now: float) -> None:
+        """A child alive but stalled (its heartbeat stopped) is killed, then restarted."""
+        if child.stalled is None or child.popen is None or now < child.next_stall_check:
+            return
+        child.next_stall_check = now + STALL_CHECK_SECONDS
+        try:
+            stalled = child.stalled(child.popen.pid)
+        except Exception:  # the database is down: that is no worker's fault
+            log.warning("could not read %s's heartbeat", child.name, exc_info=True)
+            return
+        if stalled:
+            log.error("%s is alive but makes no progress (heartbeat stale); killing it", child.name)
+            child.popen.kill()
 
     def stop(self, timeout_seconds: float = 30.0) -> None:
         self.stopping.set()

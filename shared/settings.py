@@ -47,7 +47,17 @@ class Settings(BaseSettings):
     max_zip_ratio: float = Field(default=200.0, ge=1)
     predict_timeout_seconds: float = Field(default=30.0, gt=0)
     keep_uploads: bool = False
-    requeue_after_seconds: float = Field(default=300.0, gt=0)
+    requeue_after_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A claimed item's lease: a live worker extends it with each heartbeat; "
+        "past it the reconciler takes the item back",
+    )
+    max_in_flight_per_tenant: int = Field(
+        default=0,
+        ge=0,
+        description="Items one tenant may have running at once across all workers; 0: no cap",
+    )
     batch_wait_ms: int = Field(default=20, ge=0, le=5000)
     heartbeat_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often each worker writes its heartbeat"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.classifier.inference import infer_batches, to_prediction
+from shared.classifier.inference import InferredBatch, infer_groups, to_prediction
 from shared.classifier.model import Classifier
 from shared.classifier.preprocessing import preprocess
 from shared.errors import UploadMissing
@@ -17,13 +17,16 @@ from shared.services import outbox
 from shared.services.processing import (
     Claimed,
     ItemResult,
+    begin_pass,
     claim_items,
     queued_count,
     record_results,
+    release,
     reuse_known_results,
 )
 from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
+from worker.liveness import liveness
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -31,37 +34,57 @@ log = logging.getLogger(__name__)
 # A task runs at most this many batches, then hands over to a new message: tasks
 # stay short (well inside any visibility timeout) and jobs take turns.
 MAX_BATCHES_PER_TASK = 8
+# A database step (claim, charge, record) that takes longer than this counts as stalled.
+DATABASE_STEP_SECONDS = 60.0
+
+
+def pass_deadline(settings: Settings) -> float:
+    """The longest one forward pass of a full batch may take before the worker counts as stalled."""
+    return settings.inference_batch_size * settings.task_seconds_per_image
 
 
 def time_limits(settings: Settings) -> tuple[float, float]:
-    """(soft, hard) seconds for one classify task, sized from the most images it may run.
+    """(soft, hard) seconds for one classify task: the sum of its steps' deadlines.
 
-    The soft limit ends a task whose batch hangs in the forward pass or the
-    database; the hard one kills the pool child that ignores it, and the pool
-    starts a fresh one. Their items stay running until the reconciler takes them
-    back, and MAX_ITEM_ATTEMPTS bounds how often that happens.
+    Each batch may take its decode deadline (DECODE_TIMEOUT_SECONDS, from each
+    decode's start) plus its pass deadline (INFERENCE_BATCH_SIZE times
+    TASK_SECONDS_PER_IMAGE) plus its database steps. A task past the soft limit
+    releases what it holds; the hard limit kills a pool child that ignores it.
+    The leases (REQUEUE_AFTER_SECONDS) are independent of both: they run on
+    while the worker meets each step's deadline, and lapse once it does not.
     """
-    most_images = MAX_BATCHES_PER_TASK * settings.inference_batch_size
-    soft = most_images * settings.task_seconds_per_image + settings.decode_timeout_seconds
+    per_batch = (
+        settings.decode_timeout_seconds + pass_deadline(settings) + 3 * DATABASE_STEP_SECONDS
+    )
+    soft = MAX_BATCHES_PER_TASK * per_batch
     return soft, soft + 30.0
 
 
 def process_job(job_id: str, runtime: Runtime) -> None:
-    """Run batches starting with `job_id`'s items; a job with more to do gets a fresh message.
+    """Run up to MAX_BATCHES_PER_TASK batches the scheduler forms; then hand over.
 
-    Each claim and each batch's results are one unit of work, committed here, the
-    task's edge; the webhook events they record go out after their commit.
+    The message names a job only to wake a worker: what each batch holds is the
+    scheduler's choice (the interactive lane, then a fair share by tenant).
+    Each claim, each charge and each batch's results are one unit of work,
+    committed here, the task's edge; the webhook events they record go out
+    after their commit. Whatever the task still holds when it ends early (a
+    time limit, a database error) is released.
     """
     settings = runtime.settings
     classifier = runtime.classifier
     batch_size = settings.inference_batch_size
+    held: set[str] = set()
 
-    def claims() -> Iterator[Claimed]:
+    def claims() -> Iterator[list[Claimed]]:
         for _ in range(MAX_BATCHES_PER_TASK):
-            claimed = _claim(job_id, batch_size, runtime)
+            claimed = _claim(batch_size, runtime)
             if not claimed:
                 return
-            yield from claimed
+            held.update(c.id for c in claimed)
+            to_run = _begin_pass(claimed, runtime)
+            held.difference_update(c.id for c in claimed if c not in to_run)
+            if to_run:
+                yield to_run
 
     def decode(item: Claimed) -> np.ndarray:
         if item.storage_key is None:
@@ -69,38 +92,82 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         data = runtime.storage.get(item.storage_key)
         return preprocess(data, item.filename, classifier.input_size, settings.max_image_pixels)
 
-    batches = infer_batches(
-        claims(),
-        decode,
-        classifier.predict,
-        batch_size=batch_size,
-        workers=settings.decode_workers,
-        decode_timeout_seconds=settings.decode_timeout_seconds,
-    )
-    for batch in batches:
-        results = [
-            _result(item, output, classifier)
-            for item, output in zip(batch.items, batch.outputs, strict=True)
-        ]
-        with session_scope(runtime.settings, sender=runtime.queue) as session:
-            written = record_results(
-                session,
-                results,
-                worker=runtime.name,
-                inference_ms=batch.inference_ms,
-                progress_interval_seconds=settings.webhook_progress_interval_seconds,
-            )
-        _delete_uploads(runtime, [item for item in batch.items if item.id in written])
-        log.info(
-            "batch of %d from %d job(s) in %.0f ms",
-            len(batch.items),
-            len({item.job_id for item in batch.items}),
-            batch.inference_ms,
+    def run(arrays: np.ndarray) -> np.ndarray:
+        liveness.expect(pass_deadline(settings))
+        return classifier.predict(arrays)
+
+    try:
+        batches = infer_groups(
+            claims(),
+            decode,
+            run,
+            workers=settings.decode_workers,
+            decode_timeout_seconds=settings.decode_timeout_seconds,
+            on_wait=lambda: liveness.expect(settings.decode_timeout_seconds + 5),
         )
-    with session_scope(runtime.settings, write=False, sender=runtime.queue) as session:
-        if queued_count(session, job_id) > 0:
-            # More to do: a fresh message, so other jobs get their turn in between.
-            outbox.add_job(session, job_id)
+        for batch in batches:
+            liveness.expect(DATABASE_STEP_SECONDS)
+            _record(batch, runtime)
+            held.difference_update(item.id for item in batch.items)
+        with session_scope(runtime.settings, write=False, sender=runtime.queue) as session:
+            if queued_count(session, job_id) > 0:
+                # More to do: a fresh message, so other work gets its turn in between.
+                outbox.add_job(session, job_id)
+    finally:
+        if held:
+            _release(held, runtime)
+        liveness.idle()
+
+
+def _record(batch: InferredBatch[Claimed], runtime: Runtime) -> None:
+    classifier = runtime.classifier
+    results = [
+        _result(item, output, classifier)
+        for item, output in zip(batch.items, batch.outputs, strict=True)
+    ]
+    with session_scope(runtime.settings, sender=runtime.queue) as session:
+        written = record_results(
+            session,
+            results,
+            worker=runtime.name,
+            inference_ms=batch.inference_ms,
+            progress_interval_seconds=runtime.settings.webhook_progress_interval_seconds,
+        )
+    _delete_uploads(runtime, [item for item in batch.items if item.id in written])
+    log.info(
+        "batch of %d from %d job(s) in %.0f ms",
+        len(batch.items),
+        len({item.job_id for item in batch.items}),
+        batch.inference_ms,
+    )
+
+
+def _begin_pass(claimed: list[Claimed], runtime: Runtime) -> list[Claimed]:
+    """Charge the claimed items an attempt as they enter decoding; the ones still to run.
+
+    Items of a job cancelled since the claim drop out here, unrun and uncharged.
+    """
+    if not claimed:
+        return []
+    liveness.expect(DATABASE_STEP_SECONDS)
+    with session_scope(runtime.settings) as session:
+        ours = begin_pass(
+            session, [c.id for c in claimed], runtime.name, runtime.settings.requeue_after_seconds
+        )
+    return [c for c in claimed if c.id in ours]
+
+
+def _release(held: set[str], runtime: Runtime) -> None:
+    try:
+        with session_scope(runtime.settings, sender=runtime.queue) as session:
+            for job_id in release(
+                session, sorted(held), runtime.name, runtime.settings.max_item_attempts
+            ):
+                outbox.add_job(session, job_id)
+    except Exception:  # the leases lapse and the reconciler takes them back instead
+        log.warning(
+            "could not release %d item(s); their leases will lapse", len(held), exc_info=True
+        )
 
 
 def _result(item: Claimed, output: np.ndarray | str, classifier: Classifier) -> ItemResult:
@@ -119,13 +186,17 @@ def _result(item: Claimed, output: np.ndarray | str, classifier: Classifier) -> 
     )
 
 
-def _claim(job_id: str, batch_size: int, runtime: Runtime) -> list[Claimed]:
+def _claim(batch_size: int, runtime: Runtime) -> list[Claimed]:
     """Items for the next forward pass; repeats of known images are settled on the way."""
     to_run: list[Claimed] = []
     waited = False
     while len(to_run) < batch_size:
-        fresh = _claim_once(job_id, batch_size - len(to_run), runtime)
+        liveness.expect(DATABASE_STEP_SECONDS)
+        # A suspect (its worker died while it was in a pass) only starts a batch, alone.
+        fresh = _claim_once(batch_size - len(to_run), runtime, suspects=not to_run)
         to_run += fresh.to_run
+        if any(c.solo for c in fresh.claimed):
+            break
         if not fresh.claimed:
             wait = runtime.settings.batch_wait_ms / 1000
             if waited or not to_run or wait <= 0:
@@ -142,11 +213,20 @@ class _Claim:
     to_run: list[Claimed]
 
 
-def _claim_once(job_id: str, limit: int, runtime: Runtime) -> _Claim:
+def _claim_once(limit: int, runtime: Runtime, *, suspects: bool) -> _Claim:
     """One unit of work: claim items, start their jobs, settle repeats of known images."""
+    settings = runtime.settings
     version = runtime.classifier.version
-    with session_scope(runtime.settings, sender=runtime.queue) as session:
-        claimed = claim_items(session, job_id, limit, version)
+    with session_scope(settings, sender=runtime.queue) as session:
+        claimed = claim_items(
+            session,
+            limit,
+            version,
+            worker=runtime.name,
+            lease_seconds=settings.requeue_after_seconds,
+            cap_per_tenant=settings.max_in_flight_per_tenant,
+            suspects=suspects,
+        )
         reused, to_run = reuse_known_results(session, claimed, version, worker=runtime.name)
     _delete_uploads(runtime, reused)
     return _Claim(claimed, to_run)

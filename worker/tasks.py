@@ -24,12 +24,14 @@ from shared.logs import configure_logging, log_context
 from shared.process import die_with_parent
 from shared.queue import CLASSIFY_TASK, WEBHOOK_TASK
 from shared.services import heartbeats
+from shared.services.processing import extend_leases
 from shared.services.retention import SweepReport
 from shared.services.unit_of_work import session_scope
 from shared.storage import open_storage
 from worker import maintenance, runtime, webhooks
 from worker.batching import process_job, time_limits
 from worker.celery_app import celery_app, job_queue, settings
+from worker.liveness import liveness, start_main_beat
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ def _reconcile_forever() -> None:
 @celery_app.task(name=WEBHOOK_TASK, acks_late=True)
 def deliver_webhook(event_id: str) -> None:
     with log_context(event_id=event_id):
-        webhooks.deliver(event_id, settings)
+        job_queue.webhook_taken(event_id)
+        webhooks.deliver(event_id, settings, job_queue)
 
 
 def _dispatch_due_forever() -> None:
@@ -90,16 +93,20 @@ def _configure_logging(**_: Any) -> None:
 
 
 class Heartbeat:
-    """Writes this process's heartbeat every HEARTBEAT_INTERVAL_SECONDS from a thread.
+    """Writes this worker's heartbeat every HEARTBEAT_INTERVAL_SECONDS from a thread.
 
     A classification worker beats from the pool child that holds the model, once
-    the model is loaded: a worker whose child cannot load it is not alive.
+    the model is loaded (a worker whose child cannot load it is not alive), and
+    only while it makes progress (`worker.liveness`): each beat also extends the
+    leases on the items it holds. The row is named after the Celery main process,
+    the one `serve`'s supervisor started, so the supervisor can tell when it stalls.
     """
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, main_pid: int, leases_of: str | None = None) -> None:
         self.role = role
         self.host = socket.gethostname()
-        self.name = f"{role}@{self.host}:{os.getpid()}"
+        self.name = f"{role}@{self.host}:{main_pid}"
+        self.leases_of = leases_of
         self.started_at = utcnow()
         self.stopped = threading.Event()
 
@@ -109,12 +116,20 @@ class Heartbeat:
     def _run(self) -> None:
         interval = settings.heartbeat_interval_seconds
         while not self.stopped.is_set():
-            try:
-                with session_scope(settings) as session:
-                    heartbeats.beat(session, self.name, self.role, self.host, self.started_at)
-            except Exception:  # a database outage: beat again next time
-                log.warning("heartbeat not written; retrying in %.0fs", interval, exc_info=True)
+            if liveness.making_progress(settings.worker_stale_seconds):
+                self._beat()
+            else:
+                log.error("no progress within the step's deadline: not beating, leases lapse")
             self.stopped.wait(interval)
+
+    def _beat(self) -> None:
+        try:
+            with session_scope(settings) as session:
+                heartbeats.beat(session, self.name, self.role, self.host, self.started_at)
+                if self.leases_of is not None:
+                    extend_leases(session, self.leases_of, settings.requeue_after_seconds)
+        except Exception:  # a database outage: beat again next time
+            log.warning("heartbeat not written; retrying", exc_info=True)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -128,9 +143,9 @@ class Heartbeat:
 _heartbeat: Heartbeat | None = None
 
 
-def _start_heartbeat(role: str) -> None:
+def _start_heartbeat(role: str, main_pid: int, leases_of: str | None = None) -> None:
     global _heartbeat
-    _heartbeat = Heartbeat(role)
+    _heartbeat = Heartbeat(role, main_pid, leases_of)
     _heartbeat.start()
 
 
@@ -141,8 +156,8 @@ def _load_model(**_: Any) -> None:
     die_with_parent(signal.SIGKILL)
     forget_inherited_connections()
     if runtime.role == "classify":
-        runtime.load(settings, job_queue)
-        _start_heartbeat("classify")
+        loaded = runtime.load(settings, job_queue)
+        _start_heartbeat("classify", os.getppid(), leases_of=loaded.name)
 
 
 @worker_process_shutdown.connect
@@ -155,7 +170,8 @@ def _say_goodbye(**_: Any) -> None:
 @worker_ready.connect
 def _start_background_loops(**_: Any) -> None:
     if runtime.role == "classify":
+        start_main_beat()
         threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True).start()
     else:
         threading.Thread(target=_dispatch_due_forever, name="dispatcher", daemon=True).start()
-        _start_heartbeat("webhooks")
+        _start_heartbeat("webhooks", os.getpid())

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -101,6 +103,8 @@ class ApiKey(Base):
     secret_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The key's share of the workers against other keys with work waiting (fair share).
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class Job(Base):
@@ -140,6 +144,8 @@ class Item(Base):
         # The claim query: queued items, fairest first (low positions of every job).
         Index("ix_items_status_position", "status", "position"),
         Index("ix_items_sha256", "sha256"),
+        # A tenant's next items: its jobs in order, each job's queued items by position.
+        Index("ix_items_job_id_status_position", "job_id", "status", "position"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -164,8 +170,39 @@ class Item(Base):
     reused_from: Mapped[str | None] = mapped_column(String(36))
     # The model (weights and precision, e.g. "3f2a9c1b7d4e-int8") that made the result.
     model_version: Mapped[str | None] = mapped_column(String(64))
+    # The lease of a running item: the worker holding it, and until when. A live
+    # worker extends it while it makes progress; past it the reconciler takes it back.
+    leased_by: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when the item entered a decode or a forward pass (and was charged an
+    # attempt for it): only such items are suspects when their worker dies.
+    in_pass: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A suspect runs alone next time, so only an image that kills a worker by itself
+    # uses up its attempts.
+    solo: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     job: Mapped[Job] = relationship(back_populates="items")
+
+
+class TenantShare(Base):
+    """How much service a tenant has had, in items over its weight (fair share)."""
+
+    __tablename__ = "tenant_shares"
+
+    tenant: Mapped[str] = mapped_column(String(36), primary_key=True)
+    served: Mapped[float] = mapped_column(Float)
+
+
+class SchedulerClock(Base):
+    """The fair scheduler's virtual time: where a tenant that comes back starts from.
+
+    One row; claims lock it, so workers on every host form batches one at a time.
+    """
+
+    __tablename__ = "scheduler_clock"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    virtual_time: Mapped[float] = mapped_column(Float)
 
 
 class Batch(Base):

@@ -56,6 +56,15 @@ def alive_on_host(session: Session, role: str, host: str, stale_after_seconds: f
     return bool(found)
 
 
+def stale(session: Session, name: str, stale_after_seconds: float) -> bool:
+    """`name` beat once but not within `stale_after_seconds`: alive, perhaps, but stalled.
+
+    A worker that has not beaten yet (still loading its model) is not stale.
+    """
+    seen = session.scalar(select(WorkerHeartbeat.seen_at).where(WorkerHeartbeat.name == name))
+    return seen is not None and seen < utcnow() - timedelta(seconds=stale_after_seconds)
+
+
 def prune(session: Session, older_than_seconds: float) -> int:
     """Rows of workers long dead (killed, so they never said goodbye)."""
     since = utcnow() - timedelta(seconds=older_than_seconds)

@@ -25,14 +25,24 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
-    """A new key row and the key itself, which is shown once and never stored."""
+MAX_WEIGHT = 1000
+
+
+def create_key(session: Session, name: str, weight: int = 1) -> tuple[ApiKey, str]:
+    """A new key row and the key itself, which is shown once and never stored.
+
+    `weight` is the key's share of the workers against other keys with work waiting.
+    """
     name = name.strip()
     if not name or len(name) > 100:
         raise InvalidInput("a key's name must be 1 to 100 characters")
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise InvalidInput(f"a key's weight must be 1 to {MAX_WEIGHT}")
     prefix = f"{SCHEME}_{secrets.token_hex(4)}"
     key = f"{prefix}_{secrets.token_urlsafe(24)}"
-    row = ApiKey(name=name, prefix=prefix, secret_sha256=digest(key), created_at=utcnow())
+    row = ApiKey(
+        name=name, prefix=prefix, secret_sha256=digest(key), created_at=utcnow(), weight=weight
+    )
     session.add(row)
     session.flush()
     return row, key

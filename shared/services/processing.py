@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
 from shared.services.progress import refresh_job
+from shared.services.scheduling import pick_items
 from shared.webhooks.events import record_event, record_progress_event
 
 
@@ -27,6 +28,7 @@ class Claimed:
     filename: str
     storage_key: str | None
     sha256: str | None = None
+    solo: bool = False  # a suspect: it runs alone
 
 
 @dataclass(frozen=True)
@@ -41,42 +43,89 @@ class ItemResult:
     model_version: str | None = None  # the model (weights and precision) that made it
 
 
-def claim_items(session: Session, job_id: str, limit: int, model_version: str) -> list[Claimed]:
-    """The claim step a task runs: mark items running, then start the jobs they belong to."""
-    claimed = mark_running(session, job_id, limit)
+def claim_items(
+    session: Session,
+    limit: int,
+    model_version: str,
+    *,
+    worker: str,
+    lease_seconds: float,
+    cap_per_tenant: int = 0,
+    suspects: bool = True,
+) -> list[Claimed]:
+    """The claim step a task runs: lease the items the scheduler picks, start their jobs.
+
+    A claim charges no attempt: an item is charged only when it enters a pass
+    (`begin_pass`), so items merely claimed go back uncharged if their worker dies.
+    """
+    ids = pick_items(session, limit, cap_per_tenant=cap_per_tenant, suspects=suspects)
+    claimed = lease_items(session, ids, worker, lease_seconds)
     started = start_jobs(session, {c.job_id for c in claimed}, model_version)
     record_started_events(session, started)
     return claimed
 
 
-def mark_running(session: Session, job_id: str, limit: int) -> list[Claimed]:
-    """Mark up to `limit` queued items running: this job's first, then other jobs' fairly.
-
-    Other jobs' items are taken lowest position first, so a one-image job is not
-    stuck behind the thousands of items of a big one, and single-image jobs from
-    many clients share a forward pass.
-    """
-    own = _queued_ids(session, limit, Item.job_id == job_id)
-    others = (
-        _queued_ids(session, limit - len(own), Item.job_id != job_id) if len(own) < limit else []
-    )
-    ids = own + others
+def lease_items(
+    session: Session, ids: list[str], worker: str, lease_seconds: float
+) -> list[Claimed]:
+    """Mark the picked items running, leased to `worker`; in the order they were picked."""
     if not ids:
         return []
-    claimed = list(
+    now = utcnow()
+    rows = list(
         session.execute(
             update(Item)
             .where(Item.id.in_(ids), Item.status == ItemStatus.QUEUED)
-            .values(status=ItemStatus.RUNNING, started_at=utcnow(), attempts=Item.attempts + 1)
+            .values(
+                status=ItemStatus.RUNNING,
+                started_at=now,
+                leased_by=worker,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                in_pass=False,
+            )
             .returning(
-                Item.id, Item.job_id, Item.filename, Item.storage_key, Item.position, Item.sha256
+                Item.id, Item.job_id, Item.filename, Item.storage_key, Item.sha256, Item.solo
             )
         ).all()
     )
-    claimed.sort(key=lambda row: (row.job_id != job_id, row.position))
+    order = {item_id: i for i, item_id in enumerate(ids)}
+    rows.sort(key=lambda row: order[row.id])
     return [
-        Claimed(row.id, row.job_id, row.filename, row.storage_key, row.sha256) for row in claimed
+        Claimed(row.id, row.job_id, row.filename, row.storage_key, row.sha256, row.solo)
+        for row in rows
     ]
+
+
+def begin_pass(session: Session, ids: list[str], worker: str, lease_seconds: float) -> set[str]:
+    """Charge an attempt to the items about to be decoded and run; the ones still ours.
+
+    An item whose job was cancelled since the claim (or that the reconciler took
+    back) is not among them: it is neither charged nor run.
+    """
+    if not ids:
+        return set()
+    return set(
+        session.scalars(
+            update(Item)
+            .where(Item.id.in_(ids), Item.status == ItemStatus.RUNNING, Item.leased_by == worker)
+            .values(
+                attempts=Item.attempts + 1,
+                in_pass=True,
+                lease_until=utcnow() + timedelta(seconds=lease_seconds),
+            )
+            .returning(Item.id)
+        )
+    )
+
+
+def extend_leases(session: Session, worker: str, lease_seconds: float) -> int:
+    """A live worker that makes progress keeps what it holds: its leases run on."""
+    result = session.execute(
+        update(Item)
+        .where(Item.status == ItemStatus.RUNNING, Item.leased_by == worker)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def start_jobs(session: Session, job_ids: set[str], model_version: str) -> list[Job]:
@@ -160,17 +209,6 @@ def find_known_results(
                 )
             )
     return results
-
-
-def _queued_ids(session: Session, limit: int, *criteria: object) -> list[str]:
-    query = (
-        select(Item.id)
-        .where(Item.status == ItemStatus.QUEUED, *criteria)  # type: ignore[arg-type]
-        .order_by(Item.position, Item.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)  # Postgres: claimers never wait on each other
-    )
-    return list(session.scalars(query))
 
 
 def record_results(
@@ -305,36 +343,83 @@ def queued_count(session: Session, job_id: str) -> int:
     )
 
 
-def requeue_stale(session: Session, older_than_seconds: float, max_attempts: int) -> list[str]:
-    """Recover from lost workers and lost messages; returns the jobs to enqueue again.
+def release(session: Session, ids: list[str], worker: str, max_attempts: int) -> list[str]:
+    """Give back what `worker` still holds of `ids` (a task that ends early); their jobs.
 
-    Items left running longer than the deadline (their worker died or hung) go back
-    to queued, unless they were claimed `max_attempts` times already: those fail
-    alone, so one image that kills every worker that takes it cannot circle forever.
-    Jobs with items queued longer than the deadline (their message was lost) are
-    enqueued again; jobs whose items all ended are settled.
+    Items not yet in a pass go back as they were; items in one were charged and
+    run alone next (or fail, past `max_attempts`), as if their worker had died.
     """
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-    stale = (Item.status == ItemStatus.RUNNING, Item.started_at < cutoff)
+    if not ids:
+        return []
+    held = (Item.id.in_(ids), Item.status == ItemStatus.RUNNING, Item.leased_by == worker)
+    return take_back(session, held, max_attempts)
+
+
+def take_back(
+    session: Session, held: tuple[ColumnElement[bool], ...], max_attempts: int
+) -> list[str]:
+    """Put running items matching `held` back in the queue; the jobs they belong to.
+
+    Only items that were in a pass are suspects: they were charged an attempt and
+    run alone next, and fail alone once they used up `max_attempts`. Items that
+    were merely claimed go back uncharged.
+    """
     abandoned = session.execute(
         update(Item)
-        .where(*stale, Item.attempts >= max_attempts)
+        .where(*held, Item.in_pass.is_(True), Item.attempts >= max_attempts)
         .values(
             status=ItemStatus.FAILED,
             finished_at=utcnow(),
+            leased_by=None,
+            lease_until=None,
             error=(
                 f"abandoned after {max_attempts} attempts (MAX_ITEM_ATTEMPTS): each time, "
-                "the worker holding it died or ran out of time"
+                "the worker running it died or stalled; the last times it ran alone"
             ),
         )
         .returning(Item.job_id)
     ).scalars()
     abandoned_jobs = Counter(abandoned)
     metrics.items_finished(session, ItemStatus.FAILED, sum(abandoned_jobs.values()))
-    requeued = session.execute(
-        update(Item).where(*stale).values(status=ItemStatus.QUEUED).returning(Item.job_id)
+    suspects = session.execute(
+        update(Item)
+        .where(*held, Item.in_pass.is_(True))
+        .values(
+            status=ItemStatus.QUEUED, solo=True, in_pass=False, leased_by=None, lease_until=None
+        )
+        .returning(Item.job_id)
     ).scalars()
-    jobs = set(requeued)
+    jobs = set(suspects)
+    merely_claimed = session.execute(
+        update(Item)
+        .where(*held)
+        .values(status=ItemStatus.QUEUED, leased_by=None, lease_until=None)
+        .returning(Item.job_id)
+    ).scalars()
+    jobs.update(merely_claimed)
+    for job_id in sorted(set(abandoned_jobs) - jobs):
+        refresh_job(session, job_id)
+    return sorted(jobs)
+
+
+def requeue_stale(session: Session, older_than_seconds: float, max_attempts: int) -> list[str]:
+    """Recover from lost workers and lost messages; returns the jobs to enqueue again.
+
+    Items whose lease ran out (their worker died or stalled, so it stopped
+    extending it) go back to the queue (`take_back`). Jobs with items queued
+    longer than `older_than_seconds` (their message was lost) are enqueued
+    again; jobs whose items all ended are settled.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_seconds)
+    lapsed = (
+        Item.status == ItemStatus.RUNNING,
+        or_(
+            Item.lease_until < now,
+            and_(Item.lease_until.is_(None), Item.started_at < cutoff),  # claimed before leases
+        ),
+    )
+    jobs = set(take_back(session, lapsed, max_attempts))
     jobs.update(
         session.scalars(
             select(Item.job_id)
@@ -348,6 +433,6 @@ def requeue_stale(session: Session, older_than_seconds: float, max_attempts: int
             Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), Job.id.not_in(unfinished)
         )
     ).all()
-    for job_id in sorted((set(unsettled) | set(abandoned_jobs)) - jobs):
+    for job_id in sorted(set(unsettled) - jobs):
         refresh_job(session, job_id)
     return sorted(jobs)

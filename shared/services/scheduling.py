@@ -1,0 +1,233 @@
+"""Which queued items the next batch takes: the interactive lane first, then a fair share by tenant.
+
+A tenant is an API key (anonymous callers together are one tenant). The policy is
+start-time fair queueing, a weighted fair-queuing scheme:
+
+- each tenant has a `served` tally, in items over its weight; the slots of a
+  batch go one by one to the tenant with work waiting whose tally is lowest,
+  so a tenant's share follows its weight, never the number of jobs it splits
+  its work into;
+- a tenant that comes back after a pause starts from the scheduler's virtual
+  time (the lowest tally among tenants with work), not from its old tally: an
+  idle spell earns no burst;
+- inside a tenant, its jobs go in the order they were made, each job's items in
+  order;
+- `/predict` items (the interactive lane) are picked the same way but before
+  any batch work, so they wait for at most the batch in flight;
+- a suspect item (its worker died while it was in a pass) runs alone, so only an
+  image that kills a worker by itself uses up its attempts;
+- an optional cap bounds the items one tenant has running across all workers.
+
+The tallies and the clock live in the database every worker uses; a claim locks
+the clock's row, so workers on every host form batches one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy.orm import Session
+
+from shared.db.models import (
+    ApiKey,
+    Item,
+    ItemStatus,
+    Job,
+    JobSource,
+    JobStatus,
+    SchedulerClock,
+    TenantShare,
+)
+
+ANONYMOUS = "anonymous"  # the tenant of callers without a key; no key id looks like it
+CLOCK_ID = 1
+
+
+@dataclass
+class Tenant:
+    owner_id: str | None
+    weight: float
+    tally: float  # service so far, in items over weight, from the virtual time on
+    room: int  # items it may still start (its cap less what it has running)
+
+    @property
+    def key(self) -> str:
+        return self.owner_id or ANONYMOUS
+
+
+def pick_items(
+    session: Session, limit: int, *, cap_per_tenant: int = 0, suspects: bool = True
+) -> list[str]:
+    """Ids of queued items for the next batch, in the order the policy gives them.
+
+    The caller marks them running in the same transaction; on Postgres the rows
+    are locked (SKIP LOCKED) so no other claimer takes them meanwhile.
+    """
+    clock = _lock_clock(session)
+    in_flight = _running_per_tenant(session) if cap_per_tenant else {}
+    lane = _pick_fairly(session, clock, limit, JobSource.PREDICT, cap_per_tenant, in_flight)
+    if lane:
+        return lane
+    suspect = _pick_suspect(session) if suspects else None
+    if suspect is not None:
+        return [suspect]
+    return _pick_fairly(session, clock, limit, JobSource.JOBS, cap_per_tenant, in_flight)
+
+
+def _lock_clock(session: Session) -> SchedulerClock:
+    clock = session.scalars(
+        select(SchedulerClock).where(SchedulerClock.id == CLOCK_ID).with_for_update()
+    ).one_or_none()
+    if clock is None:  # a database made without the migration's first row
+        clock = SchedulerClock(id=CLOCK_ID, virtual_time=0.0)
+        session.add(clock)
+        session.flush()
+    return clock
+
+
+def _pick_fairly(
+    session: Session,
+    clock: SchedulerClock,
+    limit: int,
+    source: JobSource,
+    cap_per_tenant: int,
+    in_flight: dict[str | None, int],
+) -> list[str]:
+    tenants = _tenants_with_work(session, source, clock.virtual_time, cap_per_tenant, in_flight)
+    if not tenants:
+        return []
+    picked: list[str] = []
+    open_tenants = [t for t in tenants if t.room > 0]
+    while open_tenants and len(picked) < limit:
+        quotas = allocate(open_tenants, limit - len(picked))
+        for tenant in list(open_tenants):
+            wanted = quotas.get(tenant.key, 0)
+            if not wanted:
+                continue
+            ids = _next_items_of(session, tenant.owner_id, source, wanted)
+            picked += ids
+            tenant.tally += len(ids) / tenant.weight
+            tenant.room -= len(ids)
+            if len(ids) < wanted or tenant.room <= 0:
+                # Drained (or the rest is locked by another claimer), or at its cap.
+                open_tenants.remove(tenant)
+    # Virtual time moves to the lowest tally among the tenants that had work: a
+    # tenant that comes back later (or a new one) starts there, level with them.
+    clock.virtual_time = max(clock.virtual_time, min(t.tally for t in tenants))
+    _save_tallies(session, tenants)
+    return picked
+
+
+def allocate(tenants: Sequence[Tenant], slots: int) -> dict[str, int]:
+    """Slots for each tenant: one at a time to the lowest tally (ties: the key), within room."""
+    tally = {t.key: t.tally for t in tenants}
+    room = {t.key: t.room for t in tenants}
+    weight = {t.key: t.weight for t in tenants}
+    quotas: dict[str, int] = {}
+    for _ in range(slots):
+        open_keys = [key for key in tally if room[key] > quotas.get(key, 0)]
+        if not open_keys:
+            break
+        key = min(open_keys, key=lambda k: (tally[k], k))
+        quotas[key] = quotas.get(key, 0) + 1
+        tally[key] += 1 / weight[key]
+    return quotas
+
+
+def _has_queued_items(*criteria: ColumnElement[bool]) -> ColumnElement[bool]:
+    return exists().where(
+        Item.job_id == Job.id, Item.status == ItemStatus.QUEUED, Item.solo.is_(False), *criteria
+    )
+
+
+_UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def _tenants_with_work(
+    session: Session,
+    source: JobSource,
+    virtual_time: float,
+    cap_per_tenant: int,
+    in_flight: dict[str | None, int],
+) -> list[Tenant]:
+    rows = session.execute(
+        select(Job.owner_id, func.coalesce(ApiKey.weight, 1))
+        .outerjoin(ApiKey, ApiKey.id == Job.owner_id)
+        .where(Job.status.in_(_UNFINISHED), Job.source == source, _has_queued_items())
+        .group_by(Job.owner_id, ApiKey.weight)
+    ).all()
+    keys = [owner or ANONYMOUS for owner, _ in rows]
+    stored = dict(
+        session.execute(
+            select(TenantShare.tenant, TenantShare.served).where(TenantShare.tenant.in_(keys))
+        ).all()
+    )
+    unlimited = 1 << 30
+    return [
+        Tenant(
+            owner_id=owner,
+            weight=float(max(int(weight), 1)),
+            tally=max(stored.get(owner or ANONYMOUS, virtual_time), virtual_time),
+            room=(cap_per_tenant - in_flight.get(owner, 0)) if cap_per_tenant else unlimited,
+        )
+        for owner, weight in rows
+    ]
+
+
+def _next_items_of(
+    session: Session, owner_id: str | None, source: JobSource, count: int
+) -> list[str]:
+    """The tenant's next `count` queued items: its oldest job's first, each job's in order."""
+    owner = Job.owner_id.is_(None) if owner_id is None else Job.owner_id == owner_id
+    job_ids = session.scalars(
+        select(Job.id)
+        .where(owner, Job.status.in_(_UNFINISHED), Job.source == source, _has_queued_items())
+        .order_by(Job.created_at, Job.id)
+        .limit(count)
+    ).all()
+    ids: list[str] = []
+    for job_id in job_ids:
+        ids += session.scalars(
+            select(Item.id)
+            .where(Item.job_id == job_id, Item.status == ItemStatus.QUEUED, Item.solo.is_(False))
+            .order_by(Item.position)
+            .limit(count - len(ids))
+            .with_for_update(skip_locked=True)  # Postgres: claimers never wait on each other
+        ).all()
+        if len(ids) >= count:
+            break
+    return ids
+
+
+def _pick_suspect(session: Session) -> str | None:
+    """The oldest queued item that runs alone (its worker died while it was in a pass)."""
+    return session.scalars(
+        select(Item.id)
+        .where(Item.status == ItemStatus.QUEUED, Item.solo.is_(True))
+        .order_by(Item.created_at, Item.position)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+
+
+def _running_per_tenant(session: Session) -> dict[str | None, int]:
+    rows = session.execute(
+        select(Job.owner_id, func.count())
+        .select_from(Item)
+        .join(Job, Job.id == Item.job_id)
+        .where(Item.status == ItemStatus.RUNNING)
+        .group_by(Job.owner_id)
+    ).all()
+    return {owner: int(count) for owner, count in rows}
+
+
+def _save_tallies(session: Session, tenants: list[Tenant]) -> None:
+    for tenant in tenants:
+        share = session.get(TenantShare, tenant.key)
+        if share is None:
+            session.add(TenantShare(tenant=tenant.key, served=tenant.tally))
+        else:
+            share.served = tenant.tally
+    session.flush()

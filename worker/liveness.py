@@ -1,0 +1,62 @@
+"""Whether this worker makes progress, not merely whether a thread of it still runs.
+
+The work loop says, at each step, by when it expects the next one (`expect`);
+the heartbeat thread beats, and extends the leases the worker holds, only while
+that promise holds (`making_progress`). A forward pass stuck past its deadline,
+a decode that hangs the loop, or a stopped Celery main process (which then
+delivers nothing) stops the beat: `/readyz` turns 503 within
+WORKER_STALE_SECONDS, the supervisor restarts the worker, and the items it held
+are taken back when their leases run out.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from multiprocessing.sharedctypes import Synchronized
+
+# CLOCK_MONOTONIC is one clock for every process of the host: the main process
+# writes its time here, the pool child (forked after) reads it.
+_main_seen: Synchronized[float] = multiprocessing.Value("d", 0.0)
+MAIN_BEAT_SECONDS = 1.0
+
+
+class Liveness:
+    def __init__(self) -> None:
+        self._due: float | None = None  # by when the next step must come; None: idle
+        self._lock = threading.Lock()
+
+    def expect(self, seconds: float) -> None:
+        """The next step comes within `seconds`, or the worker counts as stalled."""
+        with self._lock:
+            self._due = time.monotonic() + seconds
+
+    def idle(self) -> None:
+        """Waiting for work: no step is owed."""
+        with self._lock:
+            self._due = None
+
+    def making_progress(self, main_stale_seconds: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            due = self._due
+        if due is not None and now > due:
+            return False
+        seen = _main_seen.value
+        return seen == 0.0 or now - seen <= main_stale_seconds
+
+
+liveness = Liveness()
+
+
+def start_main_beat() -> None:
+    """In the Celery main process: note every second that it runs (for its pool child)."""
+
+    def beat() -> None:
+        while True:
+            _main_seen.value = time.monotonic()
+            time.sleep(MAIN_BEAT_SECONDS)
+
+    _main_seen.value = time.monotonic()
+    threading.Thread(target=beat, name="main-beat", daemon=True).start()
