@@ -39,6 +39,7 @@ def load(settings: Settings, queue: JobQueue) -> Runtime:
             settings.inference_backend,
             cache_dir=settings.cache_dir,
             precision=settings.inference_precision,
+            throughput=True,
         )
         _runtime = Runtime(
             settings=settings,

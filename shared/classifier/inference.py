@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -21,6 +22,7 @@ import numpy as np
 
 from shared.classifier.model import Classifier
 from shared.classifier.preprocessing import preprocess
+from shared.classifier.runner import Pending
 from shared.errors import describe
 
 T = TypeVar("T")
@@ -187,6 +189,8 @@ class InferredBatch(Generic[T]):
     items: list[T]
     outputs: list[np.ndarray | str]
     inference_ms: float
+    # Each item's own inference time, where the engine ran items one per request.
+    item_ms: list[float] | None = None
 
 
 def infer_batches(
@@ -214,13 +218,121 @@ def infer_groups(
     workers: int,
     decode_timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
     on_wait: Callable[[], None] | None = None,
+    urgent: Callable[[], list[T]] | None = None,
 ) -> Iterator[InferredBatch[T]]:
-    """One forward pass per group, as the caller formed them (workers: one per claim)."""
-    for batch in decode_ahead(groups, decode, workers, decode_timeout_seconds, on_wait):
-        started = time.perf_counter()
-        outputs = run_decoded(batch, run)
-        inference_ms = (time.perf_counter() - started) * 1000
-        yield InferredBatch([decoded.item for decoded in batch], outputs, inference_ms)
+    """One forward pass per group, as the caller formed them (workers: one per claim).
+
+    Before each pass, `urgent` may hand over items that cannot wait for the groups
+    already decoding (the interactive lane): they are decoded at once and run
+    first, in a pass of their own.
+    """
+    lane = _DecodePool(decode, 1)
+
+    def urgent_batches() -> Iterator[InferredBatch[T]]:
+        waiting = urgent() if urgent is not None else []
+        if waiting:
+            if on_wait is not None:
+                on_wait()
+            decodings = [lane.submit(item) for item in waiting]
+            yield _infer([lane.collect(d, decode_timeout_seconds) for d in decodings], run)
+
+    try:
+        for batch in decode_ahead(groups, decode, workers, decode_timeout_seconds, on_wait):
+            yield from urgent_batches()
+            yield _infer(batch, run)
+        yield from urgent_batches()
+    finally:
+        lane.shutdown()
+
+
+def _infer(batch: list[Decoded[T]], run: Callable[[np.ndarray], np.ndarray]) -> InferredBatch[T]:
+    started = time.perf_counter()
+    outputs = run_decoded(batch, run)
+    inference_ms = (time.perf_counter() - started) * 1000
+    return InferredBatch([decoded.item for decoded in batch], outputs, inference_ms)
+
+
+def infer_pipelined(
+    groups: Iterable[list[T]],
+    decode: Callable[[T], np.ndarray],
+    start: Callable[[np.ndarray, bool], Pending],
+    to_output: Callable[[np.ndarray], np.ndarray],
+    *,
+    workers: int,
+    decode_timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
+    on_wait: Callable[[], None] | None = None,
+    urgent: Callable[[], list[T]] | None = None,
+    depth: int = 2,
+    lane_look_seconds: float = 0.05,
+) -> Iterator[InferredBatch[T]]:
+    """The worker's loop on an engine that runs requests in flight (`ThroughputRunner`).
+
+    Up to `depth` groups are queued on the engine at once, so it never waits
+    while the caller records one group's results or the next group decodes.
+    While waiting for the oldest group, `urgent` is asked every
+    `lane_look_seconds` for items that cannot wait (the interactive lane): they
+    go to the engine ahead of every queued row and are yielded as soon as they
+    are done. `to_output` turns a row of logits into the output the caller wants.
+    """
+    lane = _DecodePool(decode, 1)
+    in_flight: deque[tuple[list[Decoded[T]], Pending, float]] = deque()
+
+    def started(
+        batch: list[Decoded[T]], is_urgent: bool
+    ) -> tuple[list[Decoded[T]], Pending, float]:
+        arrays = [d.array for d in batch if d.array is not None]
+        stacked = np.stack(arrays) if arrays else np.zeros((0,))
+        return batch, start(stacked, is_urgent), time.perf_counter()
+
+    def urgent_batches() -> Iterator[InferredBatch[T]]:
+        waiting = urgent() if urgent is not None else []
+        if waiting:
+            if on_wait is not None:
+                on_wait()
+            decodings = [lane.submit(item) for item in waiting]
+            batch = [lane.collect(d, decode_timeout_seconds) for d in decodings]
+            yield _finished(*started(batch, True), to_output)
+
+    def oldest() -> Iterator[InferredBatch[T]]:
+        batch, pending, began = in_flight[0]
+        while not pending.wait(lane_look_seconds):
+            yield from urgent_batches()
+        in_flight.popleft()
+        yield _finished(batch, pending, began, to_output)
+
+    try:
+        yield from urgent_batches()
+        for batch in decode_ahead(groups, decode, workers, decode_timeout_seconds, on_wait):
+            yield from urgent_batches()
+            in_flight.append(started(batch, False))
+            while len(in_flight) >= depth:
+                yield from oldest()
+        while in_flight:
+            yield from oldest()
+        yield from urgent_batches()
+    finally:
+        lane.shutdown()
+
+
+def _finished(
+    batch: list[Decoded[T]],
+    pending: Pending,
+    began: float,
+    to_output: Callable[[np.ndarray], np.ndarray],
+) -> InferredBatch[T]:
+    ran = iter(zip(pending.results(), pending.latency_ms, strict=True))
+    outputs: list[np.ndarray | str] = []
+    item_ms: list[float] = []
+    for decoded in batch:
+        if decoded.array is None:
+            outputs.append(decoded.error or "not decoded")
+            item_ms.append(0.0)
+            continue
+        output, latency = next(ran)
+        outputs.append(output if isinstance(output, str) else to_output(output[None])[0])
+        item_ms.append(latency)
+    wall_ms = (time.perf_counter() - began) * 1000
+    return InferredBatch([d.item for d in batch], outputs, wall_ms, item_ms)
 
 
 def predict_stream(

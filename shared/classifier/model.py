@@ -29,6 +29,7 @@ from shared.classifier.engine import (
     resolve_backend,
 )
 from shared.classifier.labels import CLASSES
+from shared.classifier.runner import Pending, ThroughputRunner, compile_throughput
 from shared.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,21 @@ class Classifier:
     precision: str = "fp32"
     engine_name: str = "openvino"
 
+    @property
+    def can_start(self) -> bool:
+        """Whether batches can be started without waiting (`start`)."""
+        return isinstance(self.engine, ThroughputRunner)
+
+    def start(self, batch: np.ndarray, urgent: bool = False) -> Pending:
+        """Queue `batch` on the engine; its rows' logits, as they finish (`probabilities`)."""
+        if not isinstance(self.engine, ThroughputRunner):
+            raise ModelError("this engine runs one batch at a time; call predict")
+        return self.engine.start(batch, urgent)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities for rows of logits."""
+        return softmax(logits.astype(np.float64) / self.temperature).astype(np.float32)
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (n, classes), for preprocessed images (n, size, size, 3)."""
         if len(batch) == 0:
@@ -149,8 +165,13 @@ def load_classifier(
     backend: Backend = "auto",
     cache_dir: Path | None = None,
     precision: Precision = "fp32",
+    throughput: bool = False,
 ) -> Classifier:
     """Load an artifact folder (composing base + head) or a complete `.keras` file.
+
+    With `throughput`, the shipped IR runs in OpenVINO's throughput mode
+    (`runner.ThroughputRunner`: requests in flight, `Classifier.start`), as
+    workers run it; otherwise one batch at a time on every core, as the CLI does.
 
     With `cache_dir`, the OpenVINO form of the model is cached there by model
     version, and `precision` "int8" or "auto" runs its quantized form when
@@ -160,7 +181,7 @@ def load_classifier(
         manifest = artifact.read_any_manifest(model_path)
         if isinstance(manifest, artifact.FineTunedManifest):
             return _load_finetuned(
-                model_path, manifest, base_weights, backend, cache_dir, precision
+                model_path, manifest, base_weights, backend, cache_dir, precision, throughput
             )
         return _load_artifact(model_path, base_weights, backend, cache_dir, precision)
     if model_path.is_file() and model_path.suffix == ".keras":
@@ -249,6 +270,7 @@ def _load_finetuned(
     backend: Backend,
     cache_dir: Path | None,
     precision: Precision,
+    throughput: bool = False,
 ) -> Classifier:
     """The shipped IR for "auto"/"int8" (OpenVINO only); the Keras reference for "fp32"."""
     serving = manifest.serving
@@ -259,7 +281,7 @@ def _load_finetuned(
             raise ModelError(f"{str(folder)!r} lacks its serving form {serving.xml} (+ .bin)")
         return Classifier(
             network=None,
-            engine=compile_openvino(xml),
+            engine=compile_throughput(xml) if throughput else compile_openvino(xml),
             classes=tuple(manifest.classes),
             input_size=manifest.input_size,
             version=manifest.version_for(serving.precision),

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from shared.classifier.inference import decode_ahead, run_decoded
+from shared.classifier.inference import decode_ahead, infer_groups, run_decoded
 
 
 def groups(items: Iterable[int], size: int) -> Iterator[list[int]]:
@@ -101,3 +101,18 @@ def test_hung_decodes_do_not_take_the_threads_of_the_items_behind_them() -> None
     errors = [d.error for d in batch]
     assert errors[:2] == ["not decoded within 0.5s"] * 2
     assert errors[2:] == [None] * 6
+
+
+def test_urgent_items_run_before_the_groups_already_decoding() -> None:
+    arrived = [[9], [], [8]]  # what the lane holds before each pass
+
+    def lane() -> list[int]:
+        return arrived.pop(0) if arrived else []
+
+    passes = [
+        [int(o[0]) // 10 for o in batch.outputs if not isinstance(o, str)]
+        for batch in infer_groups(
+            [[0, 1], [2, 4], [6]], _decode, lambda b: b * 10, workers=2, urgent=lane
+        )
+    ]
+    assert passes == [[9], [0, 1], [2, 4], [8], [6]]

@@ -1,0 +1,84 @@
+"""The worker's engine in throughput mode, on the shipped IR: same answers, urgent rows first."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from shared.classifier.engine import compile_openvino
+from shared.classifier.inference import infer_pipelined
+from shared.classifier.runner import Pending, ThroughputRunner, compile_throughput
+from shared.settings import DEFAULT_MODEL_PATH
+
+IR = DEFAULT_MODEL_PATH / "model.xml"
+
+
+@pytest.fixture(scope="module")
+def runner() -> ThroughputRunner:
+    return compile_throughput(IR)
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 299, 299, 3)).astype(np.float32)
+
+
+def test_rows_in_flight_give_what_one_batch_gives(runner: ThroughputRunner) -> None:
+    batch = images(6)
+    assert np.allclose(runner(batch), compile_openvino(IR)(batch), atol=1e-4)
+    pending = runner.start(batch)
+    assert pending.wait(120)
+    assert all(ms > 0 for ms in pending.latency_ms)  # each row's own time in the engine
+
+
+def test_an_urgent_row_overtakes_the_rows_queued_before_it(runner: ThroughputRunner) -> None:
+    finished: list[str] = []
+    lock = threading.Lock()
+    backlog = runner.start(images(24, seed=1))
+    lane = runner.start(images(1, seed=2), urgent=True)
+
+    def note(name: str, pending: Pending) -> None:
+        pending.wait()
+        with lock:
+            finished.append(name)
+
+    threads = [
+        threading.Thread(target=note, args=("backlog", backlog)),
+        threading.Thread(target=note, args=("lane", lane)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert finished == ["lane", "backlog"]
+    [row] = lane.results()
+    assert not isinstance(row, str)
+    assert row.shape == (6,)
+
+
+def test_the_pipelined_loop_serves_the_lane_while_groups_run(runner: ThroughputRunner) -> None:
+    data = images(40, seed=3)
+    arrived = [[], [39]]  # the lane is empty at first, then holds one item
+
+    def lane() -> list[int]:
+        return arrived.pop(0) if arrived else []
+
+    batches = list(
+        infer_pipelined(
+            [list(range(i, i + 13)) for i in range(0, 39, 13)],
+            lambda i: data[i],
+            runner.start,
+            lambda logits: logits,
+            workers=2,
+            urgent=lane,
+        )
+    )
+    order = [batch.items for batch in batches]
+    assert [39] in order
+    assert order.index([39]) < len(order) - 1  # ahead of a group submitted before it
+    reference = compile_openvino(IR)(data)
+    for batch in batches:
+        for item, output in zip(batch.items, batch.outputs, strict=True):
+            assert np.allclose(output, reference[item], atol=1e-4)
+        assert batch.item_ms is not None
