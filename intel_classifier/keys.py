@@ -41,9 +41,7 @@ def list_keys() -> None:
     """Every key: prefix, name, when it was made, and whether it is revoked."""
     with session_scope(get_settings(), write=False) as session:
         rows = key_service.list_keys(session)
-        typer.echo(
-            f"{'PREFIX':<14} {'NAME':<24} {'WEIGHT':>6} {'CREATED':<20} {'REVOKED':<20} ID"
-        )
+        typer.echo(f"{'PREFIX':<14} {'NAME':<24} {'WEIGHT':>6} {'CREATED':<20} {'REVOKED':<20} ID")
         for row in rows:
             revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
             created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")

@@ -9,9 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.classifier.inference import InferredBatch, infer_groups, to_prediction
+from shared.classifier.inference import (
+    InferredBatch,
+    infer_groups,
+    infer_pipelined,
+    to_prediction,
+)
 from shared.classifier.model import Classifier
 from shared.classifier.preprocessing import preprocess
+from shared.classifier.runner import Pending
 from shared.errors import UploadMissing
 from shared.services import outbox
 from shared.services.processing import (
@@ -24,9 +30,10 @@ from shared.services.processing import (
     release,
     reuse_known_results,
 )
+from shared.services.scheduling import lane_waiting
 from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
-from worker.liveness import liveness
+from worker.liveness import liveness, main_alive
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,9 @@ log = logging.getLogger(__name__)
 # A task runs at most this many batches, then hands over to a new message: tasks
 # stay short (well inside any visibility timeout) and jobs take turns.
 MAX_BATCHES_PER_TASK = 8
+# Groups queued on an engine that runs requests in flight: one runs while the
+# worker records the one before and decodes the one after.
+PIPELINE_DEPTH = 2
 # A database step (claim, charge, record) that takes longer than this counts as stalled.
 DATABASE_STEP_SECONDS = 60.0
 
@@ -72,11 +82,19 @@ def process_job(job_id: str, runtime: Runtime) -> None:
     """
     settings = runtime.settings
     classifier = runtime.classifier
-    batch_size = settings.inference_batch_size
+    # An engine that runs one image per request needs no big batch: smaller claims
+    # keep fewer images claimed ahead, so a newcomer's image goes in sooner.
+    batch_size = (
+        max(settings.inference_batch_size // 2, 1)
+        if classifier.can_start
+        else settings.inference_batch_size
+    )
     held: set[str] = set()
 
     def claims() -> Iterator[list[Claimed]]:
         for _ in range(MAX_BATCHES_PER_TASK):
+            if not main_alive():
+                return  # the Celery main process stopped: take no more work
             claimed = _claim(batch_size, runtime)
             if not claimed:
                 return
@@ -92,18 +110,47 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         data = runtime.storage.get(item.storage_key)
         return preprocess(data, item.filename, classifier.input_size, settings.max_image_pixels)
 
+    def lane() -> list[Claimed]:
+        """/predict items waiting now: claimed and charged, to run before the next pass."""
+        if not _lane_waiting(runtime):
+            return []
+        claimed = _claim_once(batch_size, runtime, suspects=False, lane_only=True).to_run
+        held.update(c.id for c in claimed)
+        return _begin_pass(claimed, runtime)
+
     def run(arrays: np.ndarray) -> np.ndarray:
         liveness.expect(pass_deadline(settings))
         return classifier.predict(arrays)
 
+    def start(arrays: np.ndarray, urgent: bool) -> Pending:
+        # Two groups may be queued on the engine: both must be done within their passes.
+        liveness.expect(PIPELINE_DEPTH * pass_deadline(settings))
+        return classifier.start(arrays, urgent)
+
+    on_wait = lambda: liveness.expect(settings.decode_timeout_seconds + 5)  # noqa: E731
     try:
-        batches = infer_groups(
-            claims(),
-            decode,
-            run,
-            workers=settings.decode_workers,
-            decode_timeout_seconds=settings.decode_timeout_seconds,
-            on_wait=lambda: liveness.expect(settings.decode_timeout_seconds + 5),
+        batches = (
+            infer_pipelined(
+                claims(),
+                decode,
+                start,
+                classifier.probabilities,
+                workers=settings.decode_workers,
+                decode_timeout_seconds=settings.decode_timeout_seconds,
+                on_wait=on_wait,
+                urgent=lane,
+                depth=PIPELINE_DEPTH,
+            )
+            if classifier.can_start
+            else infer_groups(
+                claims(),
+                decode,
+                run,
+                workers=settings.decode_workers,
+                decode_timeout_seconds=settings.decode_timeout_seconds,
+                on_wait=on_wait,
+                urgent=lane,
+            )
         )
         for batch in batches:
             liveness.expect(DATABASE_STEP_SECONDS)
@@ -121,9 +168,10 @@ def process_job(job_id: str, runtime: Runtime) -> None:
 
 def _record(batch: InferredBatch[Claimed], runtime: Runtime) -> None:
     classifier = runtime.classifier
+    item_ms = batch.item_ms or [batch.inference_ms / max(len(batch.items), 1)] * len(batch.items)
     results = [
-        _result(item, output, classifier)
-        for item, output in zip(batch.items, batch.outputs, strict=True)
+        _result(item, output, classifier, ms)
+        for item, output, ms in zip(batch.items, batch.outputs, item_ms, strict=True)
     ]
     with session_scope(runtime.settings, sender=runtime.queue) as session:
         written = record_results(
@@ -170,7 +218,9 @@ def _release(held: set[str], runtime: Runtime) -> None:
         )
 
 
-def _result(item: Claimed, output: np.ndarray | str, classifier: Classifier) -> ItemResult:
+def _result(
+    item: Claimed, output: np.ndarray | str, classifier: Classifier, inference_ms: float
+) -> ItemResult:
     if isinstance(output, str):
         log.warning("item failed: %s", output, extra={"job_id": item.job_id, "item_id": item.id})
         return ItemResult(item.id, item.job_id, None, None, None, output)
@@ -183,6 +233,7 @@ def _result(item: Claimed, output: np.ndarray | str, classifier: Classifier) -> 
         prediction.scores,
         None,
         model_version=classifier.version,
+        inference_ms=inference_ms,
     )
 
 
@@ -193,7 +244,8 @@ def _claim(batch_size: int, runtime: Runtime) -> list[Claimed]:
     while len(to_run) < batch_size:
         liveness.expect(DATABASE_STEP_SECONDS)
         # A suspect (its worker died while it was in a pass) only starts a batch, alone.
-        fresh = _claim_once(batch_size - len(to_run), runtime, suspects=not to_run)
+        # The lane is not taken here: the loop serves it between requests (`lane`).
+        fresh = _claim_once(batch_size - len(to_run), runtime, suspects=not to_run, lane=False)
         to_run += fresh.to_run
         if any(c.solo for c in fresh.claimed):
             break
@@ -213,7 +265,14 @@ class _Claim:
     to_run: list[Claimed]
 
 
-def _claim_once(limit: int, runtime: Runtime, *, suspects: bool) -> _Claim:
+def _lane_waiting(runtime: Runtime) -> bool:
+    with session_scope(runtime.settings, write=False) as session:
+        return lane_waiting(session)
+
+
+def _claim_once(
+    limit: int, runtime: Runtime, *, suspects: bool, lane: bool = True, lane_only: bool = False
+) -> _Claim:
     """One unit of work: claim items, start their jobs, settle repeats of known images."""
     settings = runtime.settings
     version = runtime.classifier.version
@@ -226,6 +285,8 @@ def _claim_once(limit: int, runtime: Runtime, *, suspects: bool) -> _Claim:
             lease_seconds=settings.requeue_after_seconds,
             cap_per_tenant=settings.max_in_flight_per_tenant,
             suspects=suspects,
+            lane=lane,
+            lane_only=lane_only,
         )
         reused, to_run = reuse_known_results(session, claimed, version, worker=runtime.name)
     _delete_uploads(runtime, reused)

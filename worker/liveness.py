@@ -20,6 +20,8 @@ from multiprocessing.sharedctypes import Synchronized
 # writes its time here, the pool child (forked after) reads it.
 _main_seen: Synchronized[float] = multiprocessing.Value("d", 0.0)
 MAIN_BEAT_SECONDS = 1.0
+# The main process is stopped (or hung) once it has not beaten for this long.
+MAIN_STALE_SECONDS = 3.0
 
 
 class Liveness:
@@ -37,17 +39,26 @@ class Liveness:
         with self._lock:
             self._due = None
 
-    def making_progress(self, main_stale_seconds: float) -> bool:
-        now = time.monotonic()
+    def making_progress(self) -> bool:
+        """Each step met its deadline, and the Celery main process runs."""
         with self._lock:
             due = self._due
-        if due is not None and now > due:
+        if due is not None and time.monotonic() > due:
             return False
-        seen = _main_seen.value
-        return seen == 0.0 or now - seen <= main_stale_seconds
+        return main_alive()
 
 
 liveness = Liveness()
+
+
+def main_alive() -> bool:
+    """The Celery main process beat lately (or this process is not a pool child of one).
+
+    A pool child whose main process is stopped takes no more work: nothing it
+    finished could be acknowledged, and its leases lapse anyway.
+    """
+    seen = _main_seen.value
+    return seen == 0.0 or time.monotonic() - seen <= MAIN_STALE_SECONDS
 
 
 def start_main_beat() -> None:

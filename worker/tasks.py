@@ -116,7 +116,7 @@ class Heartbeat:
     def _run(self) -> None:
         interval = settings.heartbeat_interval_seconds
         while not self.stopped.is_set():
-            if liveness.making_progress(settings.worker_stale_seconds):
+            if liveness.making_progress():
                 self._beat()
             else:
                 log.error("no progress within the step's deadline: not beating, leases lapse")

@@ -41,6 +41,7 @@ class ItemResult:
     error: str | None
     reused_from: str | None = None
     model_version: str | None = None  # the model (weights and precision) that made it
+    inference_ms: float | None = None  # its own time in the engine; else a share of its pass
 
 
 def claim_items(
@@ -52,13 +53,22 @@ def claim_items(
     lease_seconds: float,
     cap_per_tenant: int = 0,
     suspects: bool = True,
+    lane: bool = True,
+    lane_only: bool = False,
 ) -> list[Claimed]:
     """The claim step a task runs: lease the items the scheduler picks, start their jobs.
 
     A claim charges no attempt: an item is charged only when it enters a pass
     (`begin_pass`), so items merely claimed go back uncharged if their worker dies.
     """
-    ids = pick_items(session, limit, cap_per_tenant=cap_per_tenant, suspects=suspects)
+    ids = pick_items(
+        session,
+        limit,
+        cap_per_tenant=cap_per_tenant,
+        suspects=suspects,
+        lane=lane,
+        lane_only=lane_only,
+    )
     claimed = lease_items(session, ids, worker, lease_seconds)
     started = start_jobs(session, {c.job_id for c in claimed}, model_version)
     record_started_events(session, started)
@@ -226,7 +236,7 @@ def record_results(
     run may hold an item the reconciler took back from this one).
     """
     batch_id = new_id() if batch else None
-    written = write_item_results(session, results, inference_ms, batch_id)
+    written = write_item_results(session, results, inference_ms, batch_id, worker)
     if not written:
         return set()
     if batch_id is not None:
@@ -237,19 +247,28 @@ def record_results(
 
 
 def write_item_results(
-    session: Session, results: list[ItemResult], inference_ms: float, batch_id: str | None
+    session: Session,
+    results: list[ItemResult],
+    inference_ms: float,
+    batch_id: str | None,
+    worker: str,
 ) -> list[ItemResult]:
-    """Write results over items still running; the ones written.
+    """Write results over items still running under `worker`'s lease; the ones written.
 
-    A cancel, or the reconciler's requeue of a slow batch, may have ended or moved
-    some items since they were claimed: those are neither written nor counted.
+    A cancel, or the reconciler taking back the items of a worker that stalled, may
+    have ended or moved some items since they were claimed: a late result for
+    those is neither written nor counted (whoever holds them now writes theirs).
     """
     if not results:
         return []
     still_running = set(
         session.scalars(
             select(Item.id)
-            .where(Item.id.in_([r.id for r in results]), Item.status == ItemStatus.RUNNING)
+            .where(
+                Item.id.in_([r.id for r in results]),
+                Item.status == ItemStatus.RUNNING,
+                Item.leased_by == worker,
+            )
             .with_for_update()
         )
     )
@@ -270,8 +289,7 @@ def write_item_results(
             model_version=bindparam("new_model_version"),
             batch_id=batch_id,
             finished_at=utcnow(),
-            # Each item's share of the forward pass it was part of, not the whole pass.
-            inference_ms=round(inference_ms / len(results), 3),
+            inference_ms=bindparam("new_inference_ms"),
         ),
         [
             {
@@ -283,6 +301,11 @@ def write_item_results(
                 "new_error": r.error,
                 "new_reused_from": r.reused_from,
                 "new_model_version": r.model_version,
+                # The item's own time in the engine, or its share of the pass it was in.
+                "new_inference_ms": round(
+                    r.inference_ms if r.inference_ms is not None else inference_ms / len(results),
+                    3,
+                ),
             }
             for r in written
         ],

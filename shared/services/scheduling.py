@@ -58,7 +58,13 @@ class Tenant:
 
 
 def pick_items(
-    session: Session, limit: int, *, cap_per_tenant: int = 0, suspects: bool = True
+    session: Session,
+    limit: int,
+    *,
+    cap_per_tenant: int = 0,
+    suspects: bool = True,
+    lane: bool = True,
+    lane_only: bool = False,
 ) -> list[str]:
     """Ids of queued items for the next batch, in the order the policy gives them.
 
@@ -67,13 +73,29 @@ def pick_items(
     """
     clock = _lock_clock(session)
     in_flight = _running_per_tenant(session) if cap_per_tenant else {}
-    lane = _pick_fairly(session, clock, limit, JobSource.PREDICT, cap_per_tenant, in_flight)
-    if lane:
-        return lane
+    if lane or lane_only:
+        picked = _pick_fairly(session, clock, limit, JobSource.PREDICT, cap_per_tenant, in_flight)
+        if picked or lane_only:
+            return picked
     suspect = _pick_suspect(session) if suspects else None
     if suspect is not None:
         return [suspect]
     return _pick_fairly(session, clock, limit, JobSource.JOBS, cap_per_tenant, in_flight)
+
+
+def lane_waiting(session: Session) -> bool:
+    """Whether a /predict item is queued: a cheap look, without the clock's lock."""
+    waiting = session.scalar(
+        select(Item.id)
+        .join(Job, Job.id == Item.job_id)
+        .where(
+            Job.source == JobSource.PREDICT,
+            Job.status.in_(_UNFINISHED),
+            Item.status == ItemStatus.QUEUED,
+        )
+        .limit(1)
+    )
+    return waiting is not None
 
 
 def _lock_clock(session: Session) -> SchedulerClock:

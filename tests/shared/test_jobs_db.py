@@ -618,3 +618,23 @@ def test_a_receiver_gets_a_job_events_in_order(database: str) -> None:
     with scope() as session:
         record_attempt(session, first, Attempt(delivered, utcnow(), 1.0))
     assert SENT.events[before:] == [ids[1]]  # the next one goes out at once, after the commit
+
+
+def test_a_stalled_worker_writes_nothing_for_items_taken_back(database: str) -> None:
+    job_id = _job(1)
+    with scope() as session:
+        [item] = claim_items(session, 1, "v1", worker="stalled", lease_seconds=60)
+        begin_pass(session, [item.id], "stalled", 60)
+    _lapse(job_id)  # it stopped beating
+    with scope() as session:
+        requeue_stale(session, 60, 3)
+    with scope() as session:
+        [again] = claim_items(session, 1, "v1", worker="live", lease_seconds=60)
+    with scope() as session:  # the stalled one wakes up and lands its batch late
+        late = _results([item], label="forest")
+        assert record_results(session, late, worker="stalled", inference_ms=1) == set()
+        assert record_results(session, _results([again]), worker="live", inference_ms=1) == {
+            item.id
+        }
+    with scope(write=False) as session:
+        assert session.scalars(select(Item.label).where(Item.job_id == job_id)).one() == "sea"

@@ -1,0 +1,271 @@
+"""Sharing: what one tenant's backlog costs the others, measured on the real service.
+
+    python -m bench.sharing [--per-tenant 600] [--out bench/results]
+
+One API and one classify worker on Redis + Postgres with keys on, as in production
+on this machine. In the same run:
+
+1. solo: tenant S sends a zip alone; its throughput is the baseline;
+2. /predict idle: single calls of tenant P on the idle service (p50, p95);
+3. the backlog: tenant A sends N photos as one zip while tenant M sends N others
+   as N/10 jobs of 10, at once. While both still have work, their finished
+   counts are sampled each second: the A:M share ratio (M's over A's, counted
+   from when both first had results; worst sample once 100 more are done) says
+   whether splitting work buys share;
+4. during the backlog, tenant B sends a one-image job (its wait), and tenant P
+   calls /predict in a loop (p50, p95);
+5. the backlog's throughput (2N images over the time to finish both) against solo;
+6. OpenVINO's `benchmark_app` on the shipped IR (throughput hint), before the
+   service starts: the solo zip's rate over it says how much of the engine the
+   service delivers end to end.
+
+Every phase sends photos no earlier phase sent, so reuse of known results
+cannot flatter it. Figures vary ±20 % between runs on these machines; the ratios
+in one run are what counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from shared.classifier.dataset import list_labelled_images
+from shared.db.models import JobStatus
+from testkit.processes import Service, free_port, service_env, wait_for
+from testkit.resources import TRAIN_DIR, fresh_postgres_database
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+SHARE_WARMUP_IMAGES = 100
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def _zip(paths: list[Path]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for i, path in enumerate(paths):
+            archive.writestr(f"{i:05d}-{path.name}", path.read_bytes())
+    return buffer.getvalue()
+
+
+class Tenant:
+    def __init__(self, service: Service, name: str) -> None:
+        self.name = name
+        self.client = httpx.Client(
+            base_url=service.url,
+            timeout=120,
+            headers={"Authorization": f"Bearer {service.new_key(name)}"},
+        )
+        self.jobs: list[str] = []
+
+    def submit(self, paths: list[Path], name: str = "photos.zip") -> str:
+        data = _zip(paths) if len(paths) > 1 else paths[0].read_bytes()
+        response = self.client.post(
+            "/jobs", files={"file": (name if len(paths) > 1 else "one.jpg", data)}
+        )
+        assert response.status_code == 202, response.text
+        job_id: str = response.json()["id"]
+        self.jobs.append(job_id)
+        return job_id
+
+    def progress(self) -> tuple[int, bool]:
+        """(images finished, every job ended) over this tenant's jobs."""
+        done, ended = 0, True
+        for job_id in self.jobs:
+            job = self.client.get(f"/jobs/{job_id}").json()
+            done += job["succeeded"] + job["failed"]
+            ended = ended and JobStatus(job["status"]).is_final
+        return done, ended
+
+    def predict(self, path: Path) -> float:
+        started = time.perf_counter()
+        response = self.client.post("/predict", files={"file": ("p.jpg", path.read_bytes())})
+        assert response.status_code == 200, response.text
+        return (time.perf_counter() - started) * 1000
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values), 1),
+        "p95": round(float(np.percentile(values, 95)), 1),
+    }
+
+
+def _farthest_from_one(ratios: list[float]) -> float:
+    return max(ratios, key=lambda r: r if r >= 1 else 1 / max(r, 1e-9))
+
+
+def measure(service: Service, paths: list[Path], per_tenant: int) -> dict[str, Any]:
+    solo_paths, paths = paths[:per_tenant], paths[per_tenant:]
+    a_paths, paths = paths[:per_tenant], paths[per_tenant:]
+    m_paths, paths = paths[:per_tenant], paths[per_tenant:]
+    b_path, idle_paths, busy_paths = paths[0], paths[1:26], paths[26:]
+    solo, a, m, b, p = (Tenant(service, n) for n in ("solo", "A", "M", "B", "P"))
+
+    for path in idle_paths[:5]:  # warm-up: the first inference, connections
+        p.predict(path)
+    idle = [p.predict(path) for path in idle_paths[5:]]
+    log(f"/predict idle: {_percentiles(idle)}")
+
+    started = time.perf_counter()
+    solo.submit(solo_paths)
+    wait_for(lambda: solo.progress()[1], 900, "the solo zip", 0.2)
+    solo_rate = per_tenant / (time.perf_counter() - started)
+    log(f"solo: {solo_rate:.1f} img/s")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(a.submit, a_paths)
+        pool.submit(lambda: [m.submit(m_paths[i : i + 10]) for i in range(0, per_tenant, 10)])
+    samples: list[tuple[float, int, int]] = []
+    busy_predicts: list[float] = []
+    b_wait: list[float] = []
+    stop = threading.Event()
+
+    def predict_loop() -> None:
+        for path in busy_paths:
+            if stop.is_set():
+                return
+            busy_predicts.append(p.predict(path))
+            time.sleep(0.25)
+
+    def b_once() -> None:
+        time.sleep(5)  # into a backlog in full swing
+        sent = time.perf_counter()
+        job_id = b.submit([b_path])
+        wait_for(
+            lambda: JobStatus(b.client.get(f"/jobs/{job_id}").json()["status"]).is_final,
+            300,
+            "B",
+            0.02,
+        )
+        b_wait.append((time.perf_counter() - sent) * 1000)
+
+    threads = [threading.Thread(target=predict_loop), threading.Thread(target=b_once)]
+    for thread in threads:
+        thread.start()
+    while True:
+        (a_done, a_ended), (m_done, m_ended) = a.progress(), m.progress()
+        samples.append((time.perf_counter() - started, a_done, m_done))
+        if a_ended and m_ended:
+            break
+        time.sleep(1)
+    backlog_seconds = time.perf_counter() - started
+    stop.set()
+    for thread in threads:
+        thread.join()
+    # Shares count from the first moment both tenants had results (whoever's upload
+    # landed first had the workers alone until then), while both still had work.
+    first_both = next(((ad, md) for _, ad, md in samples if ad and md), (0, 0))
+    both_busy = [
+        (ad - first_both[0], md - first_both[1])
+        for _, ad, md in samples
+        if ad < per_tenant and md < per_tenant
+    ]
+    ratios: list[float] = [
+        md / max(ad, 1) for ad, md in both_busy if ad + md >= SHARE_WARMUP_IMAGES
+    ]
+    backlog_rate = 2 * per_tenant / backlog_seconds
+    result = {
+        "per_tenant_images": per_tenant,
+        "solo_images_per_s": round(solo_rate, 2),
+        "backlog_images_per_s": round(backlog_rate, 2),
+        "backlog_over_solo": round(backlog_rate / solo_rate, 3),
+        "share_m_over_a": {
+            "worst": round(_farthest_from_one(ratios), 3) if ratios else None,
+            "median": round(statistics.median(ratios), 3) if ratios else None,
+            "samples": len(ratios),
+        },
+        "b_one_image_ms": round(b_wait[0], 1) if b_wait else None,
+        "predict_idle_ms": _percentiles(idle),
+        "predict_under_backlog_ms": _percentiles(busy_predicts) if busy_predicts else None,
+        "progress_samples": [(round(t, 1), ad, md) for t, ad, md in samples],
+    }
+    log(json.dumps({k: v for k, v in result.items() if k != "progress_samples"}))
+    return result
+
+
+def benchmark_app(seconds: int = 15) -> float:
+    """OpenVINO's own benchmark_app on the shipped IR, throughput hint, one image a request."""
+    import re
+    import shutil
+    import subprocess
+
+    from shared.settings import DEFAULT_MODEL_PATH
+
+    tool = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
+    model = str(DEFAULT_MODEL_PATH / "model.xml")
+    arguments = ["-d", "CPU", "-hint", "throughput", "-t", str(seconds), "-shape", "[1,299,299,3]"]
+    output = subprocess.run(
+        [tool, "-m", model, *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"Throughput:\s+([\d.]+) FPS", output)
+    assert found, output
+    return float(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-tenant", type=int, default=600)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--label", default="after")
+    args = parser.parse_args()
+    import redis
+
+    paths = [image.path for image in list_labelled_images(TRAIN_DIR)]
+    np.random.default_rng(7).shuffle(paths)
+    needed = 3 * args.per_tenant + 200
+    assert len(paths) >= needed, f"{needed} images needed, {len(paths)} found"
+    engine_rate = benchmark_app()
+    log(f"benchmark_app: {engine_rate:.1f} img/s")
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    work = Path(f"/tmp/bench-sharing-{int(time.time())}")
+    work.mkdir(parents=True)
+    with fresh_postgres_database() as database_url:
+        env = service_env(
+            work,
+            DATABASE_URL=database_url,
+            REDIS_URL=REDIS_URL,
+            AUTH_ENABLED="true",
+            WORKER_NICE="10",  # as `serve` runs it on one machine
+        )
+        env.pop("INFERENCE_BATCH_SIZE", None)  # the service's own default
+        service = Service(env, work, free_port())
+        service.migrate()
+        try:
+            service.start_api()
+            service.start_worker()
+            result = measure(service, paths[:needed], args.per_tenant)
+        finally:
+            service.stop()
+    result["benchmark_app_images_per_s"] = engine_rate
+    result["solo_over_benchmark_app"] = round(result["solo_images_per_s"] / engine_rate, 3)
+    out = args.out / "sharing.json"
+    stored = json.loads(out.read_text()) if out.exists() else {}
+    stored[args.label] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), **result}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(stored, indent=2) + "\n")
+    log(f"wrote {out} [{args.label}]")
+
+
+if __name__ == "__main__":
+    main()
