@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
@@ -12,6 +15,7 @@ from api.errors import install_error_handlers
 from api.hygiene import RepeatedHeaders, UrlHygiene
 from api.limits import UploadLimit
 from api.routes import health, jobs, metrics, page, predict, webhooks
+from shared import finished
 from shared.settings import Settings, get_settings
 
 # Uploaded parts go to disk past 64 KiB: at Starlette's 1 MiB default, one request of
@@ -24,7 +28,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     resources = Resources.of(settings)
     MultiPartParser.spool_max_size = SPOOL_MAX_BYTES
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Waiting /predict calls are woken by word from the workers (shared.finished).
+        finished.listen(settings, resources.waiters.heard)
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="intel-image-classifier",
         version="0.1.0",
         description=(

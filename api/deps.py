@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from api.waiting import FinishedWaiters
 from shared.queue import JobQueue
 from shared.services import unit_of_work
 from shared.settings import Settings
@@ -26,12 +27,16 @@ class Resources:
     settings: Settings
     queue: JobQueue
     storage: Storage
+    waiters: FinishedWaiters
 
     @classmethod
     def of(cls, settings: Settings) -> Resources:
         # The API sends job messages through the shared queue interface; it never sees a task.
         return cls(
-            settings, JobQueue.for_settings(settings), open_storage(settings.resolved_storage_url)
+            settings,
+            JobQueue.for_settings(settings),
+            open_storage(settings.resolved_storage_url),
+            FinishedWaiters(),
         )
 
 
@@ -46,6 +51,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_storage(request: Request) -> Storage:
     return _resources(request).storage
+
+
+def get_waiters(request: Request) -> FinishedWaiters:
+    return _resources(request).waiters
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -66,3 +75,4 @@ def get_session(request: Request) -> Iterator[Session]:
 # its response slowly (or never) holds no transaction and no connection.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StorageDep = Annotated[Storage, Depends(get_storage)]
+WaitersDep = Annotated[FinishedWaiters, Depends(get_waiters)]

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 
 from shared import fs_broker
+from shared.finished import FinishedAnnouncer
 from shared.queue_marks import FolderMarks, PendingMarks, RedisMarks
 from shared.settings import Settings
 
@@ -75,10 +76,17 @@ def pending_marks(settings: Settings, kind: str = "") -> PendingMarks:
 class JobQueue:
     """Wake-up messages for jobs and webhook events, at most one waiting for each."""
 
-    def __init__(self, app: Celery, marks: PendingMarks, event_marks: PendingMarks) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        marks: PendingMarks,
+        event_marks: PendingMarks,
+        announcer: FinishedAnnouncer | None = None,
+    ) -> None:
         self.app = app
         self.marks = marks
         self.event_marks = event_marks
+        self.announcer = announcer
 
     def enqueue(self, job_id: str) -> bool:
         """Send the job's message unless one is waiting already; True when one was sent."""
@@ -110,6 +118,16 @@ class JobQueue:
         """A delivery task took the event's message: the next enqueue sends a new one."""
         self.event_marks.clear(event_id)
 
+    def announce_finished(self, job_ids: list[str]) -> None:
+        """Tell waiting API processes these jobs ended (`shared.finished`)."""
+        if self.announcer is not None:
+            self.announcer.announce(job_ids)
+
     @classmethod
     def for_settings(cls, settings: Settings) -> JobQueue:
-        return cls(make_celery(settings), pending_marks(settings), pending_marks(settings, "event"))
+        return cls(
+            make_celery(settings),
+            pending_marks(settings),
+            pending_marks(settings, "event"),
+            FinishedAnnouncer(settings),
+        )

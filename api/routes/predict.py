@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import CallerDep
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import SessionDep, SettingsDep, StorageDep, WaitersDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import PredictOut
 from api.waiting import wait_until_final
@@ -58,15 +58,19 @@ async def predict(
     storage: StorageDep,
     settings: SettingsDep,
     caller: CallerDep,
+    waiters: WaitersDep,
     file: Annotated[UploadFile | None, File(description="One image")] = None,
 ) -> PredictOut:
     """Classify one image and wait for the answer: `{"class": ..., "confidence": ...}`.
 
-    The wait holds neither a thread nor a database connection (api/waiting.py).
+    The wait holds neither a thread nor a database connection, and ends when the
+    worker says the job ended (api/waiting.py).
     """
     upload = Upload(file.filename or "upload", file.file) if file is not None else None
     job_id = await run_in_threadpool(_submit, session, storage, settings, upload, caller.key_id)
-    job: Job | None = await wait_until_final(session, job_id, settings.predict_timeout_seconds)
+    job: Job | None = await wait_until_final(
+        session, job_id, settings.predict_timeout_seconds, waiters
+    )
     if job is None:
         raise PredictTimeout(
             f"not classified within {settings.predict_timeout_seconds:g}s "

@@ -15,7 +15,7 @@ from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobSource, JobStatus, utcnow
 from shared.db.session import begin_write
 from shared.errors import Conflict, InvalidInput, NotFound
-from shared.services import unit_of_work
+from shared.services import outbox, unit_of_work
 from shared.services.intake import StagedItem, storage_prefix
 from shared.services.progress import refresh_job
 from shared.services.text_rules import unstorable
@@ -193,6 +193,7 @@ def cancel_job(session: Session, job_id: str, owner: str | None) -> Job:
     job.finished_at = now
     refresh_job(session, job_id)
     record_final_event(session, job)
+    outbox.add_finished(session, job.id)
     metrics.job_finished(session, job)
     return job
 

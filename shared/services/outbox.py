@@ -1,7 +1,9 @@
 """The outbox: messages that must follow a commit, gathered on the session and sent after it.
 
-Two kinds of message announce committed state: a job message (this job has items
-to classify) and a webhook event (this event row is ready to send). Services add
+Three kinds of message announce committed state: a job message (this job has
+items to classify), a webhook event (this event row is ready to send), and a
+job's end (whoever waits on it, a `/predict` call, looks now instead of at its
+next poll). Services add
 them next to the rows they announce; `unit_of_work.commit` sends them once the
 commit succeeded, through the sender its edge opened the session with; a
 rollback drops them. A send that fails loses nothing: the workers' reconciler
@@ -29,14 +31,17 @@ class Sender(Protocol):
 
     def enqueue_webhook(self, event_id: str) -> None: ...
 
+    def announce_finished(self, job_ids: list[str]) -> None: ...
+
 
 @dataclass
 class Messages:
     job_ids: list[str] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)
+    finished_ids: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.job_ids or self.event_ids)
+        return bool(self.job_ids or self.event_ids or self.finished_ids)
 
 
 def _messages(session: Session) -> Messages:
@@ -54,6 +59,12 @@ def add_event(session: Session, event_id: str) -> None:
     """After the commit, hand webhook event `event_id` to the webhook worker."""
     if event_id not in _messages(session).event_ids:
         _messages(session).event_ids.append(event_id)
+
+
+def add_finished(session: Session, job_id: str) -> None:
+    """After the commit, say that `job_id` ended (a hint: waiters still poll, slowly)."""
+    if job_id not in _messages(session).finished_ids:
+        _messages(session).finished_ids.append(job_id)
 
 
 def take(session: Session) -> Messages:
@@ -78,4 +89,9 @@ def send(messages: Messages, sender: Sender | None) -> list[str]:
             sender.enqueue_webhook(event_id)
         except Exception:
             log.exception("could not enqueue webhook event %s; the dispatcher loop will", event_id)
+    if messages.finished_ids:
+        try:
+            sender.announce_finished(messages.finished_ids)
+        except Exception:  # waiters find out at their next slow poll
+            log.warning("could not announce %d finished job(s)", len(messages.finished_ids))
     return sent

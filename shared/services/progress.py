@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
+from shared.services import outbox
 from shared.webhooks.events import record_final_event
 
 
@@ -56,4 +57,5 @@ def refresh_job(session: Session, job_id: str) -> Job | None:
         job.started_at = job.started_at or job.finished_at
         record_final_event(session, job)
         metrics.job_finished(session, job)
+        outbox.add_finished(session, job.id)
     return job

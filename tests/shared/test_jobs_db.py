@@ -80,6 +80,7 @@ class RecordingSender:
     def __init__(self) -> None:
         self.jobs: list[str] = []
         self.events: list[str] = []
+        self.finished: list[str] = []
 
     def enqueue(self, job_id: str) -> bool:
         self.jobs.append(job_id)
@@ -87,6 +88,9 @@ class RecordingSender:
 
     def enqueue_webhook(self, event_id: str) -> None:
         self.events.append(event_id)
+
+    def announce_finished(self, job_ids: list[str]) -> None:
+        self.finished += job_ids
 
 
 SENT = RecordingSender()
@@ -283,6 +287,7 @@ def test_results_are_written_once_and_the_job_ends_with_the_right_status(databas
         4,
     )
     assert job.finished_at is not None
+    assert SENT.finished.count(job_id) == 1  # announced once, after the commit that ended it
     with scope(write=False) as session:
         labels = session.scalars(select(Item.label).where(Item.job_id == job_id)).all()
         times = session.scalars(

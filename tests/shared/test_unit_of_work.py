@@ -28,6 +28,9 @@ class Recorder:
     def enqueue_webhook(self, event_id: str) -> None:
         self.seen.append((event_id, True))
 
+    def announce_finished(self, job_ids: list[str]) -> None:
+        self.seen += [(job_id, True) for job_id in job_ids]
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
