@@ -81,14 +81,20 @@ def write_increments(session: Session) -> None:
     pending: dict[tuple[str, str], float] | None = session.info.pop(_PENDING, None)
     if not pending:
         return
-    insert = _dialect_insert(session)
-    for (name, labels), by in sorted(pending.items()):
-        statement = insert(MetricCounter).values(name=name, labels=labels, value=by)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["name", "labels"], set_={"value": MetricCounter.value + by}
-            )
+    # One statement for every increment (a batch touches about 35 rows: one round
+    # trip, not 35), its rows in one sorted order.
+    statement = _dialect_insert(session)(MetricCounter).values(
+        [
+            {"name": name, "labels": labels, "value": by}
+            for (name, labels), by in sorted(pending.items())
+        ]
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["name", "labels"],
+            set_={"value": MetricCounter.value + statement.excluded.value},
         )
+    )
 
 
 def discard_increments(session: Session) -> None:

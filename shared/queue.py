@@ -37,7 +37,7 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
         "processed_folder": str(folder / "processed"),
         "control_folder": str(folder / "control"),
         "store_processed": False,
-        "polling_interval": 0.05,
+        "polling_interval": 0.005,
     }
 
 

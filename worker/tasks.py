@@ -167,10 +167,31 @@ def _say_goodbye(**_: Any) -> None:
         _heartbeat.stop()
 
 
+def _exit_when_stalled() -> None:
+    """In the Celery main process: exit once this worker's heartbeat went stale.
+
+    The pool child beats only while it makes progress; a child stuck in a pass
+    (or on the database) stops, and this ends the worker so whatever runs it
+    (`serve`'s supervisor, a container's restart policy) starts a fresh one.
+    """
+    name = f"classify@{socket.gethostname()}:{os.getpid()}"
+    while True:
+        time.sleep(settings.heartbeat_interval_seconds)
+        try:
+            with session_scope(settings, write=False) as session:
+                stalled = heartbeats.stale(session, name, settings.worker_stale_seconds)
+        except Exception:  # the database is away: that is not this worker's stall
+            continue
+        if stalled:
+            log.error("this worker makes no progress (heartbeat stale); exiting to be restarted")
+            os._exit(1)
+
+
 @worker_ready.connect
 def _start_background_loops(**_: Any) -> None:
     if runtime.role == "classify":
         start_main_beat()
+        threading.Thread(target=_exit_when_stalled, name="stall-watch", daemon=True).start()
         threading.Thread(target=_reconcile_forever, name="reconciler", daemon=True).start()
     else:
         threading.Thread(target=_dispatch_due_forever, name="dispatcher", daemon=True).start()

@@ -7,7 +7,9 @@ The runner keeps the device busy: twice the device's optimal number of requests
 are in flight, so a finished one is followed at once by one already queued,
 and rows wait in a priority queue of their own, so an urgent row (the
 interactive lane) goes out with the next free request rather than after every
-row submitted before it. No TensorFlow here.
+row submitted before it. A row that arrives while the engine is idle, with none
+behind it (a lone image on a quiet service), runs in latency mode instead, on
+every core at once: a stream would give it one core. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ class Pending:
 class ThroughputRunner:
     """Runs rows on a compiled model's requests; callable as a batch -> output engine too."""
 
-    def __init__(self, compiled: Any) -> None:
+    def __init__(self, compiled: Any, alone: Any | None = None) -> None:
         optimal = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._alone = alone.create_infer_request() if alone is not None else None
         self.requests = [compiled.create_infer_request() for _ in range(2 * max(optimal, 1))]
         self._idle = list(self.requests)
         self._waiting: list[tuple[int, int, Pending, int, np.ndarray]] = []
@@ -108,14 +111,31 @@ class ThroughputRunner:
             with self._cond:
                 while not (self._idle and self._waiting):
                     self._cond.wait()
-                request = self._idle.pop()
+                quiet = len(self._idle) == len(self.requests)
                 _, _, pending, row, array = heapq.heappop(self._waiting)
-                self._in_flight[id(request)] = (pending, row)
+                alone = quiet and not self._waiting and self._alone is not None
+                if not alone:
+                    request = self._idle.pop()
+                    self._in_flight[id(request)] = (pending, row)
+            if alone:
+                self._run_alone(pending, row, array)
+                continue
             try:
                 request.start_async([array])
             except Exception as exc:  # this row alone
                 self._release(request)
                 pending.settle(row, f"inference failed: {describe(exc)}", 0.0)
+
+    def _run_alone(self, pending: Pending, row: int, array: np.ndarray) -> None:
+        """One row on a quiet engine: in latency mode, here, on every core."""
+        assert self._alone is not None
+        try:
+            result = self._alone.infer([array])
+            output: np.ndarray | str = np.array(next(iter(result.values()))[0])
+            latency = float(self._alone.latency)
+        except Exception as exc:
+            output, latency = f"inference failed: {describe(exc)}", 0.0
+        pending.settle(row, output, latency)
 
     def _finished(self, request: Any) -> None:
         pending, row = self._in_flight[id(request)]
@@ -144,4 +164,7 @@ def compile_throughput(model: Any) -> ThroughputRunner:
     compiled = core.compile_model(
         model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
     )
-    return ThroughputRunner(compiled)
+    alone = core.compile_model(
+        model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    )
+    return ThroughputRunner(compiled, alone)

@@ -198,3 +198,21 @@ def test_a_stalled_worker_stops_beating_and_its_items_go_to_the_other(
         os.kill(stalled.popen.pid, signal.SIGCONT)
     # Each item has exactly one result, whichever worker wrote it.
     assert cluster.scalar(select(func.count()).where(Item.job_id == job_id)) == 96
+
+
+def test_a_worker_whose_pool_child_hangs_exits_to_be_restarted(cluster: Cluster) -> None:
+    """A child stuck (in a forward pass, say) beats no more; its worker's main process
+    sees the heartbeat go stale and exits, for whatever runs it to start a fresh one."""
+    extra = cluster.service.start_worker()
+    name = f"classify@{socket.gethostname()}:{extra.popen.pid}"
+    wait_for(
+        lambda: cluster.scalar(select(WorkerHeartbeat.seen_at).where(WorkerHeartbeat.name == name)),
+        60,
+        "its first beat",
+    )
+    children = Path(f"/proc/{extra.popen.pid}/task/{extra.popen.pid}/children").read_text().split()
+    [child] = [int(pid) for pid in children]
+    os.kill(child, signal.SIGSTOP)
+    wait_for(lambda: extra.popen.poll() is not None, 60, "the stalled worker to exit")
+    assert extra.popen.returncode == 1
+    assert "makes no progress" in extra.output()
