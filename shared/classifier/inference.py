@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ def decode_ahead(
     workers: int,
     timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
     on_wait: Callable[[], None] | None = None,
-) -> Iterator[list[Decoded[T]]]:
+) -> Generator[list[Decoded[T]], None, None]:
     """Yield each group decoded; the next group decodes in threads while the caller runs this one.
 
     The network releases the GIL, so Pillow decoding in the pool overlaps inference.
@@ -252,6 +251,14 @@ def _infer(batch: list[Decoded[T]], run: Callable[[np.ndarray], np.ndarray]) -> 
     return InferredBatch([decoded.item for decoded in batch], outputs, inference_ms)
 
 
+@dataclass
+class _Running(Generic[T]):
+    batch: list[Decoded[T]]
+    pending: Pending
+    began: float
+    urgent: bool
+
+
 def infer_pipelined(
     groups: Iterable[list[T]],
     decode: Callable[[T], np.ndarray],
@@ -267,50 +274,60 @@ def infer_pipelined(
 ) -> Iterator[InferredBatch[T]]:
     """The worker's loop on an engine that runs requests in flight (`ThroughputRunner`).
 
-    Up to `depth` groups are queued on the engine at once, so it never waits
-    while the caller records one group's results or the next group decodes.
-    While waiting for the oldest group, `urgent` is asked every
-    `lane_look_seconds` for items that cannot wait (the interactive lane): they
-    go to the engine ahead of every queued row and are yielded as soon as they
-    are done. `to_output` turns a row of logits into the output the caller wants.
+    Up to `depth` groups, and up to twice as many groups of urgent items, are queued on
+    the engine at once, so it never waits while the caller records one group's
+    results or the next group decodes. Whenever there is room, and every
+    `lane_look_seconds` while it waits, `urgent` is asked for items that cannot
+    wait (the interactive lane): they go to the engine ahead of every queued row.
+    Groups are yielded as they finish. `to_output` turns a row of logits into the
+    output the caller wants.
     """
     lane = _DecodePool(decode, 1)
-    in_flight: deque[tuple[list[Decoded[T]], Pending, float]] = deque()
+    decoded_groups = decode_ahead(groups, decode, workers, decode_timeout_seconds, on_wait)
+    in_flight: list[_Running[T]] = []
+    more_groups = True
 
-    def started(
-        batch: list[Decoded[T]], is_urgent: bool
-    ) -> tuple[list[Decoded[T]], Pending, float]:
+    def start_running(batch: list[Decoded[T]], is_urgent: bool) -> None:
         arrays = [d.array for d in batch if d.array is not None]
         stacked = np.stack(arrays) if arrays else np.zeros((0,))
-        return batch, start(stacked, is_urgent), time.perf_counter()
+        in_flight.append(_Running(batch, start(stacked, is_urgent), time.perf_counter(), is_urgent))
 
-    def urgent_batches() -> Iterator[InferredBatch[T]]:
-        waiting = urgent() if urgent is not None else []
-        if waiting:
-            if on_wait is not None:
-                on_wait()
-            decodings = [lane.submit(item) for item in waiting]
-            batch = [lane.collect(d, decode_timeout_seconds) for d in decodings]
-            yield _finished(*started(batch, True), to_output)
+    def take_lane() -> bool:
+        if urgent is None or sum(r.urgent for r in in_flight) >= 2 * depth:
+            return False
+        waiting = urgent()
+        if not waiting:
+            return False
+        if on_wait is not None:
+            on_wait()
+        decodings = [lane.submit(item) for item in waiting]
+        start_running([lane.collect(d, decode_timeout_seconds) for d in decodings], True)
+        return True
 
-    def oldest() -> Iterator[InferredBatch[T]]:
-        batch, pending, began = in_flight[0]
-        while not pending.wait(lane_look_seconds):
-            yield from urgent_batches()
-        in_flight.popleft()
-        yield _finished(batch, pending, began, to_output)
+    def first_done() -> _Running[T]:
+        while True:
+            for running in in_flight:
+                if running.pending.wait(0):
+                    return running
+            in_flight[0].pending.wait(lane_look_seconds)
+            take_lane()
 
     try:
-        yield from urgent_batches()
-        for batch in decode_ahead(groups, decode, workers, decode_timeout_seconds, on_wait):
-            yield from urgent_batches()
-            in_flight.append(started(batch, False))
-            while len(in_flight) >= depth:
-                yield from oldest()
-        while in_flight:
-            yield from oldest()
-        yield from urgent_batches()
+        while True:
+            take_lane()
+            while more_groups and sum(not r.urgent for r in in_flight) < depth:
+                batch = next(decoded_groups, None)
+                if batch is None:
+                    more_groups = False
+                else:
+                    start_running(batch, False)
+            if not in_flight:
+                return
+            done = first_done()
+            in_flight.remove(done)
+            yield _finished(done.batch, done.pending, done.began, to_output)
     finally:
+        decoded_groups.close()
         lane.shutdown()
 
 

@@ -42,6 +42,8 @@ from shared.db.models import (
 )
 
 ANONYMOUS = "anonymous"  # the tenant of callers without a key; no key id looks like it
+# The one message that wakes a worker for the lane (no job id looks like it).
+LANE_WAKE_UP = "lane"
 CLOCK_ID = 1
 
 

@@ -16,6 +16,7 @@ from shared.services import outbox, unit_of_work
 from shared.services.idempotency import earlier_job, idempotency_request, remember
 from shared.services.intake import Upload, stage_uploads, storage_prefix
 from shared.services.jobs import create_job
+from shared.services.scheduling import LANE_WAKE_UP
 from shared.services.text_rules import parse_json_object
 from shared.settings import Settings
 from shared.storage import Storage
@@ -110,5 +111,7 @@ def submit_job(
         metrics.discard_increments(session)  # counted for the job that was not inserted
         storage.delete_prefix(storage_prefix(job_id))
         return Submission(job, replayed=True)
-    outbox.add_job(session, job_id)
+    # A /predict job needs only a worker awake: every worker serves the lane between
+    # requests, so one wake-up message waits for all of them, not one per call.
+    outbox.add_job(session, LANE_WAKE_UP if source == JobSource.PREDICT else job_id)
     return Submission(job, replayed=False)
