@@ -8,7 +8,8 @@
    a zip of N images from upload to the last stored result;
 4. single-image job latency (POST /jobs to stored result) on an idle service;
 5. POST /jobs rate while the worker is busy;
-6. peak resident memory of the API and of the worker (model loaded).
+6. peak resident memory of the API and of the worker (model loaded);
+7. sharing (bench/sharing.py): what one tenant's backlog costs the others.
 
 Real images come from ../shared (INTEL_SHARED_DIR); every phase uses images no
 earlier phase sent, so the service's reuse of known results cannot flatter it.
@@ -34,6 +35,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench import sharing
 from shared.classifier.dataset import list_labelled_images
 from shared.classifier.engine import Backend
 from shared.classifier.model import Precision, load_classifier
@@ -311,6 +313,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500, help="images in the end-to-end zip")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
     parser.add_argument("--skip-engines", action="store_true")
+    parser.add_argument(
+        "--skip-sharing", action="store_true", help="leave out bench.sharing (about 3 minutes)"
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("BASE_WEIGHTS", str(BASE_WEIGHTS_FILE))
@@ -340,3 +345,6 @@ def main() -> None:
     table = markdown(results)
     (args.out / "latest.md").write_text(table)
     print(table)
+    if not args.skip_sharing:
+        log("sharing")
+        sharing.run(args.out, per_tenant=600, label="after")

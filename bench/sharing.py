@@ -229,11 +229,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--label", default="after")
     args = parser.parse_args()
+    run(args.out, args.per_tenant, args.label)
+
+
+def run(out_dir: Path, per_tenant: int, label: str) -> dict[str, Any]:
+    """Measure, and store the result under `label` in OUT/sharing.json."""
     import redis
 
     paths = [image.path for image in list_labelled_images(TRAIN_DIR)]
     np.random.default_rng(7).shuffle(paths)
-    needed = 3 * args.per_tenant + 200
+    needed = 3 * per_tenant + 200
     assert len(paths) >= needed, f"{needed} images needed, {len(paths)} found"
     engine_rate = benchmark_app()
     log(f"benchmark_app: {engine_rate:.1f} img/s")
@@ -254,17 +259,18 @@ def main() -> None:
         try:
             service.start_api()
             service.start_worker()
-            result = measure(service, paths[:needed], args.per_tenant)
+            result = measure(service, paths[:needed], per_tenant)
         finally:
             service.stop()
     result["benchmark_app_images_per_s"] = engine_rate
     result["solo_over_benchmark_app"] = round(result["solo_images_per_s"] / engine_rate, 3)
-    out = args.out / "sharing.json"
+    out = out_dir / "sharing.json"
     stored = json.loads(out.read_text()) if out.exists() else {}
-    stored[args.label] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), **result}
+    stored[label] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), **result}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(stored, indent=2) + "\n")
-    log(f"wrote {out} [{args.label}]")
+    log(f"wrote {out} [{label}]")
+    return result
 
 
 if __name__ == "__main__":
