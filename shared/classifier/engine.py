@@ -65,21 +65,28 @@ def make_engine(
     return compile_openvino(converted)
 
 
-def compile_openvino(model: Any) -> Engine:
-    """An OpenVINO model (or the path of an IR .xml) compiled for this CPU; no TensorFlow."""
+def compile_for_cpu(model: Any, hint: Literal["LATENCY", "THROUGHPUT"]) -> Any:
+    """An OpenVINO model (or the path of an IR .xml) compiled for this CPU; no TensorFlow.
+
+    LATENCY spends every core on one request (one batch at a time); THROUGHPUT
+    splits them into streams that each run a request (`runner.ThroughputRunner`).
+    On a CPU with bf16 units OpenVINO would otherwise compute in bf16, moving
+    scores by up to 1e-2; f32 keeps "fp32" meaning what it says (INT8 is the fast
+    path).
+    """
     import openvino as ov
 
     core = ov.Core()
     if isinstance(model, Path):
         model = core.read_model(model)
-    # LATENCY spends every core on one request: fastest here for batches the
-    # workers form, and measured faster than THROUGHPUT at any batch size. On a
-    # CPU with bf16 units OpenVINO would otherwise compute in bf16, moving scores
-    # by up to 1e-2; f32 keeps "fp32" meaning what it says (INT8 is the fast path).
-    compiled = core.compile_model(
-        model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    return core.compile_model(
+        model, "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
     )
-    request = compiled.create_infer_request()
+
+
+def compile_openvino(model: Any) -> Engine:
+    """A batch -> output engine that runs one batch at a time on every core."""
+    request = compile_for_cpu(model, "LATENCY").create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
         result = request.infer([np.ascontiguousarray(batch, dtype=np.float32)])
