@@ -29,6 +29,7 @@ from shared.services.processing import (
     record_results,
     release,
     reuse_known_results,
+    still_held,
 )
 from shared.services.scheduling import lane_waiting
 from shared.services.unit_of_work import session_scope
@@ -126,6 +127,12 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         held.update(c.id for c in claimed)
         return _begin_pass(claimed, runtime)
 
+    def wanted(items: list[Claimed]) -> list[bool]:
+        """Just before the engine: items of a job cancelled since the claim are not run."""
+        with session_scope(settings, write=False) as session:
+            ours = still_held(session, [item.id for item in items], runtime.name)
+        return [item.id in ours for item in items]
+
     def run(arrays: np.ndarray) -> np.ndarray:
         liveness.expect(pass_deadline(settings))
         return classifier.predict(arrays)
@@ -147,6 +154,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
                 decode_timeout_seconds=settings.decode_timeout_seconds,
                 on_wait=on_wait,
                 urgent=lane,
+                wanted=wanted,
                 depth=PIPELINE_DEPTH,
             )
             if classifier.can_start

@@ -269,6 +269,7 @@ def infer_pipelined(
     decode_timeout_seconds: float = DEFAULT_DECODE_TIMEOUT_SECONDS,
     on_wait: Callable[[], None] | None = None,
     urgent: Callable[[], list[T]] | None = None,
+    wanted: Callable[[list[T]], list[bool]] | None = None,
     depth: int = 2,
     lane_look_seconds: float = 0.05,
 ) -> Iterator[InferredBatch[T]]:
@@ -280,7 +281,9 @@ def infer_pipelined(
     `lane_look_seconds` while it waits, `urgent` is asked for items that cannot
     wait (the interactive lane): they go to the engine ahead of every queued row.
     Groups are yielded as they finish. `to_output` turns a row of logits into the
-    output the caller wants.
+    output the caller wants. Just before a decoded group goes to the engine,
+    `wanted` may say which of its items are still wanted (a job cancelled while
+    they decoded): the others are not run, and come back "no longer wanted".
     """
     lane = _DecodePool(decode, 1)
     decoded_groups = decode_ahead(groups, decode, workers, decode_timeout_seconds, on_wait)
@@ -288,6 +291,12 @@ def infer_pipelined(
     more_groups = True
 
     def start_running(batch: list[Decoded[T]], is_urgent: bool) -> None:
+        if wanted is not None and not is_urgent:
+            keep = wanted([d.item for d in batch])
+            batch = [
+                d if still else Decoded(d.item, None, "no longer wanted")
+                for d, still in zip(batch, keep, strict=True)
+            ]
         arrays = [d.array for d in batch if d.array is not None]
         stacked = np.stack(arrays) if arrays else np.zeros((0,))
         in_flight.append(_Running(batch, start(stacked, is_urgent), time.perf_counter(), is_urgent))

@@ -128,6 +128,19 @@ def begin_pass(session: Session, ids: list[str], worker: str, lease_seconds: flo
     )
 
 
+def still_held(session: Session, ids: list[str], worker: str) -> set[str]:
+    """Which of `ids` are still running under `worker`'s lease (not cancelled, not taken back)."""
+    if not ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Item.id).where(
+                Item.id.in_(ids), Item.status == ItemStatus.RUNNING, Item.leased_by == worker
+            )
+        )
+    )
+
+
 def extend_leases(session: Session, worker: str, lease_seconds: float) -> int:
     """A live worker that makes progress keeps what it holds: its leases run on."""
     result = session.execute(

@@ -82,3 +82,26 @@ def test_the_pipelined_loop_serves_the_lane_while_groups_run(runner: ThroughputR
         for item, output in zip(batch.items, batch.outputs, strict=True):
             assert np.allclose(output, reference[item], atol=1e-4)
         assert batch.item_ms is not None
+
+
+def test_items_no_longer_wanted_never_reach_the_engine(runner: ThroughputRunner) -> None:
+    data = images(6, seed=4)
+    started: list[int] = []
+
+    def start(batch: np.ndarray, urgent: bool) -> Pending:
+        started.append(len(batch))
+        return runner.start(batch, urgent)
+
+    [batch] = list(
+        infer_pipelined(
+            [list(range(6))],
+            lambda i: data[i],
+            start,
+            lambda logits: logits,
+            workers=2,
+            wanted=lambda items: [item % 2 == 0 for item in items],  # odd ones were cancelled
+        )
+    )
+    assert started == [3]
+    assert [o for o in batch.outputs if isinstance(o, str)] == ["no longer wanted"] * 3
+    assert all(not isinstance(batch.outputs[i], str) for i in (0, 2, 4))
