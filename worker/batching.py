@@ -25,13 +25,14 @@ from shared.services.processing import (
     ItemResult,
     begin_pass,
     claim_items,
+    queued_beyond,
     queued_count,
     record_results,
     release,
     reuse_known_results,
     still_held,
 )
-from shared.services.scheduling import lane_waiting
+from shared.services.scheduling import HELPER_WAKE_UP, lane_waiting
 from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
 from worker.liveness import liveness, main_alive
@@ -95,6 +96,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         else settings.inference_batch_size
     )
     held: set[str] = set()
+    _call_for_help(runtime, batch_size)
 
     def claims() -> Iterator[list[Claimed]]:
         for _ in range(MAX_BATCHES_PER_TASK):
@@ -180,6 +182,18 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         if held:
             _release(held, runtime)
         liveness.idle()
+
+
+def _call_for_help(runtime: Runtime, group_size: int) -> None:
+    """Wake one more worker when more waits than this one will hold at once.
+
+    A job's message wakes one worker; this one's message (at most one waits) wakes
+    the next, which calls the next in turn, until the queue is short or every
+    worker is busy. Idle workers then share even a single big job.
+    """
+    with session_scope(runtime.settings, write=False, sender=runtime.queue) as session:
+        if queued_beyond(session, (PIPELINE_DEPTH + 1) * group_size):
+            outbox.add_job(session, HELPER_WAKE_UP)
 
 
 def _record(batch: InferredBatch[Claimed], runtime: Runtime) -> None:

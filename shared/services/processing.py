@@ -370,6 +370,12 @@ def settle_jobs(
             metrics.observe(session, metrics.ITEM_LATENCY_SECONDS, latency, per_job[job_id])
 
 
+def queued_beyond(session: Session, count: int) -> bool:
+    """Whether more than `count` items wait in the queue, whoever they belong to."""
+    waiting = select(Item.id).where(Item.status == ItemStatus.QUEUED).limit(count + 1).subquery()
+    return int(session.scalar(select(func.count()).select_from(waiting)) or 0) > count
+
+
 def queued_count(session: Session, job_id: str) -> int:
     return int(
         session.scalar(

@@ -44,6 +44,9 @@ from shared.db.models import (
 ANONYMOUS = "anonymous"  # the tenant of callers without a key; no key id looks like it
 # The one message that wakes a worker for the lane (no job id looks like it).
 LANE_WAKE_UP = "lane"
+# The one message that wakes one more worker while work waits beyond what a worker
+# holds: one big job is worked on by every worker, not only by its message's.
+HELPER_WAKE_UP = "helper"
 CLOCK_ID = 1
 
 

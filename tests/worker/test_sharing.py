@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import create_engine, func, select
 
 from shared.classifier.dataset import list_labelled_images
-from shared.db.models import Item, JobStatus, WorkerHeartbeat
+from shared.db.models import Batch, Item, JobStatus, WorkerHeartbeat
 from testkit.processes import Process, Service, free_port, service_env, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
 
@@ -196,6 +196,10 @@ def test_a_stalled_worker_stops_beating_and_its_items_go_to_the_other(
         assert (job["status"], job["succeeded"]) == ("succeeded", 96), job
     finally:
         os.kill(stalled.popen.pid, signal.SIGCONT)
+    # Woken, it finds its own heartbeat stale and exits to be restarted, as serve's
+    # supervisor would; the next tests get a fresh worker in its place.
+    wait_for(lambda: stalled.popen.poll() is not None, 60, "the stalled worker to exit")
+    cluster.workers[0] = cluster.service.start_worker()
     # Each item has exactly one result, whichever worker wrote it.
     assert cluster.scalar(select(func.count()).where(Item.job_id == job_id)) == 96
 
@@ -216,3 +220,17 @@ def test_a_worker_whose_pool_child_hangs_exits_to_be_restarted(cluster: Cluster)
     wait_for(lambda: extra.popen.poll() is not None, 60, "the stalled worker to exit")
     assert extra.popen.returncode == 1
     assert "makes no progress" in extra.output()
+
+
+def test_every_idle_worker_joins_in_on_one_big_job(cluster: Cluster, photos: list[bytes]) -> None:
+    client = cluster.tenant("one-big-zip")
+    job_id = send_zip(client, take(photos, 120))
+    job = wait_job(client, job_id)
+    assert (job["status"], job["succeeded"]) == ("succeeded", 120), job
+    workers = cluster.scalar(
+        select(func.count(func.distinct(Batch.worker)))
+        .select_from(Item)
+        .join(Batch, Batch.id == Item.batch_id)
+        .where(Item.job_id == job_id)
+    )
+    assert workers == WORKERS  # not only the one its message woke
