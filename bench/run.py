@@ -18,7 +18,6 @@ earlier phase sent, so the service's reuse of known results cannot flatter it.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -26,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +40,7 @@ from shared.classifier.model import Precision, load_classifier
 from shared.classifier.preprocessing import preprocess
 from shared.db.models import JobStatus
 from shared.settings import DEFAULT_MODEL_PATH, PROJECT_ROOT, get_settings
+from testkit.crafted import zip_of
 from testkit.processes import Service, free_port, service_env, wait_for
 from testkit.resources import BASE_WEIGHTS_FILE, TRAIN_DIR, fresh_postgres_database
 
@@ -133,14 +132,6 @@ def served_precision() -> str:
     return manifest.serving.precision if isinstance(manifest, FineTunedManifest) else "fp32"
 
 
-def _zip(paths: list[Path]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for index, path in enumerate(paths):
-            archive.writestr(f"{index:04d}-{path.parent.name}-{path.name}", path.read_bytes())
-    return buffer.getvalue()
-
-
 def _peak_rss_mib(pid: int) -> float:
     """Peak RSS of `pid` and its children added up: the worker's model lives in its pool child."""
     total = 0.0
@@ -214,7 +205,7 @@ def _measure(
             assert job["status"] == "succeeded", job
         log(f"latency p50 {statistics.median(latencies):.0f} ms")
 
-        archive = _zip(e2e_paths)
+        archive = zip_of(e2e_paths)
         started = time.perf_counter()
         response = client.post("/jobs", files={"file": ("bench.zip", archive)})
         accepted = time.perf_counter() - started
@@ -226,7 +217,7 @@ def _measure(
 
         half = len(busy_paths) // 2
         busy_job = client.post(
-            "/jobs", files={"file": ("busy.zip", _zip(busy_paths[:half]))}
+            "/jobs", files={"file": ("busy.zip", zip_of(busy_paths[:half]))}
         ).json()
         wait_for(lambda: client.get(f"/jobs/{busy_job['id']}").json()["succeeded"] > 0, 120, "busy")
         singles = [p.read_bytes() for p in busy_paths[half:]]

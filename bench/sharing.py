@@ -27,13 +27,11 @@ in one run are what counts.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +42,7 @@ import numpy as np
 
 from shared.classifier.dataset import list_labelled_images
 from shared.db.models import JobStatus
+from testkit.crafted import zip_of
 from testkit.processes import Service, free_port, service_env, wait_for
 from testkit.resources import TRAIN_DIR, fresh_postgres_database
 
@@ -53,14 +52,6 @@ SHARE_WARMUP_IMAGES = 100
 
 def log(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def _zip(paths: list[Path]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for i, path in enumerate(paths):
-            archive.writestr(f"{i:05d}-{path.name}", path.read_bytes())
-    return buffer.getvalue()
 
 
 class Tenant:
@@ -74,7 +65,7 @@ class Tenant:
         self.jobs: list[str] = []
 
     def submit(self, paths: list[Path], name: str = "photos.zip") -> str:
-        data = _zip(paths) if len(paths) > 1 else paths[0].read_bytes()
+        data = zip_of(paths) if len(paths) > 1 else paths[0].read_bytes()
         response = self.client.post(
             "/jobs", files={"file": (name if len(paths) > 1 else "one.jpg", data)}
         )

@@ -11,6 +11,7 @@ import io
 import socket
 import struct
 import zipfile
+from pathlib import Path
 
 from PIL import Image
 
@@ -130,3 +131,12 @@ def unread_download(port: int, path: str, key: str) -> socket.socket:
     sock.connect(("127.0.0.1", port))
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
     return sock
+
+
+def zip_of(paths: list[Path]) -> bytes:
+    """A stored (uncompressed) zip of the files at `paths`, each under a unique name."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for index, path in enumerate(paths):
+            archive.writestr(f"{index:05d}-{path.parent.name}-{path.name}", path.read_bytes())
+    return buffer.getvalue()
