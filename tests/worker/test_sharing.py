@@ -48,6 +48,11 @@ class Cluster:
         with self.engine.connect() as connection:
             return connection.execute(query).scalar()
 
+    def last_beat(self, worker: Process) -> Any:
+        """When the worker whose Celery main process is `worker` last beat (None: never)."""
+        name = f"classify@{socket.gethostname()}:{worker.popen.pid}"
+        return self.scalar(select(WorkerHeartbeat.seen_at).where(WorkerHeartbeat.name == name))
+
 
 @pytest.fixture(scope="module")
 def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -178,20 +183,18 @@ def test_a_stalled_worker_stops_beating_and_its_items_go_to_the_other(
     job_id = send_zip(client, take(photos, 96))
     wait_for(lambda: finished(client, [job_id]) >= BATCH, 300, "a first batch")
     stalled = cluster.workers[0]
-    name = f"classify@{socket.gethostname()}:{stalled.popen.pid}"
-
-    def seen_at() -> Any:
-        return cluster.scalar(select(WorkerHeartbeat.seen_at).where(WorkerHeartbeat.name == name))
 
     os.kill(stalled.popen.pid, signal.SIGSTOP)  # its pool child runs on, but nothing reaches it
     try:
         # Within MAIN_STALE_SECONDS (3 s) and a beat, the child sees its main process
         # stopped: it takes no more work and beats no more.
         threading.Event().wait(3 + 1 + 1)
-        last = seen_at()
+        last = cluster.last_beat(stalled)
         threading.Event().wait(3)
         assert last is not None
-        assert seen_at() == last, "a worker whose main process is stopped still beats"
+        assert cluster.last_beat(stalled) == last, (
+            "a worker whose main process is stopped still beats"
+        )
         job = wait_job(client, job_id)  # the other worker takes over
         assert (job["status"], job["succeeded"]) == ("succeeded", 96), job
     finally:
@@ -208,12 +211,7 @@ def test_a_worker_whose_pool_child_hangs_exits_to_be_restarted(cluster: Cluster)
     """A child stuck (in a forward pass, say) beats no more; its worker's main process
     sees the heartbeat go stale and exits, for whatever runs it to start a fresh one."""
     extra = cluster.service.start_worker()
-    name = f"classify@{socket.gethostname()}:{extra.popen.pid}"
-    wait_for(
-        lambda: cluster.scalar(select(WorkerHeartbeat.seen_at).where(WorkerHeartbeat.name == name)),
-        60,
-        "its first beat",
-    )
+    wait_for(lambda: cluster.last_beat(extra), 60, "its first beat")
     children = Path(f"/proc/{extra.popen.pid}/task/{extra.popen.pid}/children").read_text().split()
     [child] = [int(pid) for pid in children]
     os.kill(child, signal.SIGSTOP)
