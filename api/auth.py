@@ -17,11 +17,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import DATABASE_ERRORS, database_error_response, error_response
+from shared.access.keys import authenticate
+from shared.access.ratelimit import check_job_rate
 from shared.errors import AppError, RateLimited
-from shared.services.keys import authenticate
-from shared.services.ratelimit import check_job_rate
-from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
+from shared.unit_of_work import session_scope
 
 PUBLIC_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"}

@@ -14,8 +14,8 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from api.waiting import FinishedWaiters
+from shared import unit_of_work
 from shared.queue import JobQueue
-from shared.services import unit_of_work
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
 

@@ -17,8 +17,8 @@ import time
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from shared import unit_of_work
 from shared.db.models import Job, JobStatus
-from shared.services import unit_of_work
 
 SLOWEST_LOOK_SECONDS = 0.5
 

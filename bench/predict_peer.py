@@ -37,8 +37,8 @@ import httpx
 import numpy as np
 import redis
 
-from shared.classifier.dataset import list_labelled_images
 from shared.settings import DEFAULT_MODEL_PATH
+from shared.training.dataset import list_labelled_images
 from testkit.processes import Service, free_port, running_serve, service_env, wait_for
 from testkit.resources import SHARED_DIR, TRAIN_DIR, fresh_postgres_database
 

@@ -34,12 +34,12 @@ import httpx
 import numpy as np
 
 from bench import sharing
-from shared.classifier.dataset import list_labelled_images
 from shared.classifier.engine import Backend
 from shared.classifier.model import Precision, load_classifier
 from shared.classifier.preprocessing import preprocess
 from shared.db.models import JobStatus
 from shared.settings import DEFAULT_MODEL_PATH, PROJECT_ROOT, get_settings
+from shared.training.dataset import list_labelled_images
 from testkit.crafted import zip_of
 from testkit.processes import Service, free_port, service_env, wait_for
 from testkit.resources import BASE_WEIGHTS_FILE, TRAIN_DIR, fresh_postgres_database

@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from shared.classifier.dataset import list_labelled_images
 from shared.db.models import JobStatus
+from shared.training.dataset import list_labelled_images
 from testkit.crafted import zip_of
 from testkit.processes import Service, free_port, service_env, wait_for
 from testkit.resources import TRAIN_DIR, fresh_postgres_database

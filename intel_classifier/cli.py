@@ -153,9 +153,9 @@ def train(
             shear,
         )
         return
-    from shared.classifier.finetune import FineTuneConfig
-    from shared.classifier.metrics import format_report
-    from shared.classifier.release import ReleaseConfig, release
+    from shared.training.finetune import FineTuneConfig
+    from shared.training.metrics import format_report
+    from shared.training.release import ReleaseConfig, release
 
     settings = get_settings()
     config = ReleaseConfig(
@@ -209,10 +209,10 @@ def _train_frozen_base(
     zoom: float,
     shear: float,
 ) -> None:
-    from shared.classifier.augment import Augmentation
-    from shared.classifier.metrics import format_report
-    from shared.classifier.training import TrainConfig
-    from shared.classifier.training import train as run_training
+    from shared.training.augment import Augmentation
+    from shared.training.frozen_base import TrainConfig
+    from shared.training.frozen_base import train as run_training
+    from shared.training.metrics import format_report
 
     settings = get_settings()
     config = TrainConfig(
@@ -260,9 +260,9 @@ def evaluate(
     model: ModelOption = None,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
-    from shared.classifier.dataset import list_labelled_images
-    from shared.classifier.evaluation import evaluate_images, select_holdout
-    from shared.classifier.metrics import format_report
+    from shared.training.dataset import list_labelled_images
+    from shared.training.evaluation import evaluate_images, select_holdout
+    from shared.training.metrics import format_report
 
     settings = get_settings()
     images = list_labelled_images(data_dir)
@@ -338,8 +338,8 @@ def quantize(
 
     It is kept for INFERENCE_PRECISION=auto only if accuracy drops by at most 0.5 points.
     """
-    from shared.classifier.dataset import list_labelled_images
-    from shared.classifier.quantization import quantize_model
+    from shared.training.dataset import list_labelled_images
+    from shared.training.quantization import quantize_model
 
     settings = get_settings()
     result = quantize_model(
@@ -565,8 +565,8 @@ def _worker_stalled(settings: Settings, pid: int) -> bool:
     """The classify worker `pid` of this host beat once, then stopped: it makes no progress."""
     import socket
 
-    from shared.services import heartbeats
-    from shared.services.unit_of_work import session_scope
+    from shared import heartbeats
+    from shared.unit_of_work import session_scope
 
     name = f"classify@{socket.gethostname()}:{pid}"
     with session_scope(settings, write=False) as session:
@@ -618,8 +618,8 @@ def alive(
     """Exit 0 if a ROLE worker on this host beat within WORKER_STALE_SECONDS (healthchecks)."""
     import socket
 
-    from shared.services.heartbeats import alive_on_host
-    from shared.services.unit_of_work import session_scope
+    from shared.heartbeats import alive_on_host
+    from shared.unit_of_work import session_scope
 
     settings = get_settings()
     with session_scope(settings, write=False) as session:

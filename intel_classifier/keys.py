@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from shared.services import keys as key_service
-from shared.services.unit_of_work import session_scope
+from shared.access import keys as key_service
 from shared.settings import get_settings
+from shared.unit_of_work import session_scope
 
 keys_app = typer.Typer(help="API keys (used when AUTH_ENABLED=true).", no_args_is_help=True)
 

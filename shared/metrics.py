@@ -4,7 +4,7 @@ Every API and worker process counts into the same rows, in the transaction that
 does the counted thing, so a rolled-back batch counts nothing and a scrape of any
 API process sees every worker's totals. Retention deletes jobs, never these rows,
 so counters only go up. Increments gather on the session and are written just
-before it commits (by `shared.services.unit_of_work.commit`, visibly, not by a
+before it commits (by `shared.unit_of_work.commit`, visibly, not by a
 listener), in one sorted order, so concurrent writers cannot deadlock.
 """
 

@@ -103,9 +103,9 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
 def holdout_sample(train_dir: Path, per_class: int) -> list[Any]:
     """`per_class` images of each class that the shipped model never trained on."""
     from shared.classifier import artifact
-    from shared.classifier.dataset import list_labelled_images
-    from shared.classifier.evaluation import select_holdout
     from shared.settings import DEFAULT_MODEL_PATH
+    from shared.training.dataset import list_labelled_images
+    from shared.training.evaluation import select_holdout
 
     manifest = artifact.read_any_manifest(DEFAULT_MODEL_PATH)
     chosen: list[Any] = []

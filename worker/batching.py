@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared import outbox
 from shared.classifier.inference import (
     InferredBatch,
     infer_groups,
@@ -19,8 +20,7 @@ from shared.classifier.model import Classifier
 from shared.classifier.preprocessing import preprocess
 from shared.classifier.runner import Pending
 from shared.errors import UploadMissing
-from shared.services import outbox
-from shared.services.processing import (
+from shared.jobs.processing import (
     Claimed,
     ItemResult,
     begin_pass,
@@ -32,9 +32,9 @@ from shared.services.processing import (
     reuse_known_results,
     still_held,
 )
-from shared.services.scheduling import HELPER_WAKE_UP, lane_waiting
-from shared.services.unit_of_work import session_scope
+from shared.jobs.scheduling import HELPER_WAKE_UP, lane_waiting
 from shared.settings import Settings
+from shared.unit_of_work import session_scope
 from worker.liveness import liveness, main_alive
 from worker.runtime import Runtime
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from shared import heartbeats, outbox, unit_of_work
 from shared.db.models import utcnow
 from shared.db.session import begin_write
-from shared.services import heartbeats, outbox, unit_of_work
-from shared.services.processing import requeue_stale
-from shared.services.retention import (
+from shared.jobs.processing import requeue_stale
+from shared.jobs.retention import (
     SweepReport,
     delete_expired_jobs,
     delete_orphaned_files,
     forget_old_records,
 )
-from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.unit_of_work import session_scope
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,16 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from shared import heartbeats
 from shared.db.models import utcnow
 from shared.db.session import forget_inherited_connections
+from shared.jobs.processing import extend_leases
+from shared.jobs.retention import SweepReport
 from shared.logs import configure_logging, log_context
 from shared.process import die_with_parent
 from shared.queue import CLASSIFY_TASK, WEBHOOK_TASK
-from shared.services import heartbeats
-from shared.services.processing import extend_leases
-from shared.services.retention import SweepReport
-from shared.services.unit_of_work import session_scope
 from shared.storage import open_storage
+from shared.unit_of_work import session_scope
 from worker import maintenance, runtime, webhooks
 from worker.batching import process_job, time_limits
 from worker.celery_app import celery_app, job_queue, settings

@@ -6,9 +6,9 @@ claim the event (a lease), POST it, record what happened.
 
 from __future__ import annotations
 
-from shared.services import outbox
-from shared.services.unit_of_work import session_scope
+from shared import outbox
 from shared.settings import Settings
+from shared.unit_of_work import session_scope
 from shared.webhooks.delivery import Outcome, attempt, claim_event, due_events, record_attempt
 
 

@@ -10,10 +10,10 @@ from sqlalchemy import text
 
 from api.deps import SettingsDep
 from api.schemas import Health
+from shared import heartbeats
 from shared.db.session import PoolSize, engine_for
-from shared.services import heartbeats
-from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
+from shared.unit_of_work import session_scope
 
 router = APIRouter(tags=["health"])
 

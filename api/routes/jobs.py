@@ -17,15 +17,15 @@ from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
+from shared import unit_of_work
 from shared.classifier.labels import CLASSES
 from shared.db.models import Job, JobSource, JobStatus
-from shared.services import jobs as job_service
-from shared.services import unit_of_work
-from shared.services.documents import job_document
-from shared.services.intake import Upload
-from shared.services.submission import submit_job
-from shared.services.unit_of_work import session_scope
+from shared.jobs import records as job_service
+from shared.jobs.documents import job_document
+from shared.jobs.intake import Upload
+from shared.jobs.submission import submit_job
 from shared.settings import Settings
+from shared.unit_of_work import session_scope
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 

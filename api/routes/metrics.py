@@ -19,11 +19,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
 from api.deps import SettingsDep
-from shared import metrics
+from shared import heartbeats, metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, MetricCounter, utcnow
-from shared.services import heartbeats
-from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
+from shared.unit_of_work import session_scope
 
 router = APIRouter(tags=["health"])
 

@@ -14,11 +14,11 @@ from api.deps import SessionDep, SettingsDep, StorageDep, WaitersDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import PredictOut
 from api.waiting import wait_until_final
+from shared import unit_of_work
 from shared.db.models import Item, ItemStatus, Job, JobSource
 from shared.errors import ItemFailed, PredictTimeout
-from shared.services import unit_of_work
-from shared.services.intake import Upload, require_one_image
-from shared.services.submission import submit_job
+from shared.jobs.intake import Upload, require_one_image
+from shared.jobs.submission import submit_job
 from shared.settings import Settings
 from shared.storage import Storage
 

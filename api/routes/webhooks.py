@@ -9,10 +9,9 @@ from api.auth import CallerDep
 from api.deps import SessionDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, WebhookEventList, WebhookEventOut
+from shared import unit_of_work
 from shared.db.models import WebhookEvent
-from shared.services import unit_of_work
-from shared.services.jobs import get_job
-from shared.webhooks.delivery import redeliver_final_event
+from shared.jobs.records import get_job, redeliver_final_event
 
 router = APIRouter(prefix="/jobs/{job_id}/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 

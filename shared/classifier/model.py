@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,82 +28,19 @@ from shared.classifier.engine import (
     resolve_backend,
 )
 from shared.classifier.labels import CLASSES
+from shared.classifier.network import (
+    Network,
+    base_weights_identity,
+    build_base,
+    build_head,
+    compose,
+)
 from shared.classifier.runner import Pending, ThroughputRunner, compile_throughput
 from shared.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "int8"]
-FEATURE_DIM = 2048  # channels of Xception's last block, the head's input
-WEIGHTS_HINT = "e.g. ../shared/models/xception_imagenet_notop.weights.h5"
-
-
-def base_weights_identity(weights: str) -> str:
-    """`imagenet`, `none`, or the sha256 of a weights file: what the manifest records."""
-    if weights in {"imagenet", "none"}:
-        return weights
-    path = Path(weights)
-    if not path.is_file():
-        raise ModelError(f"BASE_WEIGHTS file {weights!r} does not exist")
-    stat = path.stat()
-    return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
-def build_base(weights: str, input_size: int) -> Any:
-    """Xception without its top, frozen, ending in global average pooling (2048 features)."""
-    import keras
-
-    source: str | None = None if weights == "none" else weights
-    if source not in {None, "imagenet"} and not Path(weights).is_file():
-        raise ModelError(
-            f"BASE_WEIGHTS file {weights!r} does not exist; set BASE_WEIGHTS to an Xception "
-            f"no-top weights file ({WEIGHTS_HINT})"
-        )
-    try:
-        base = keras.applications.Xception(
-            include_top=False,
-            weights=source,
-            input_shape=(input_size, input_size, 3),
-            pooling="avg",
-        )
-    except Exception as exc:  # Keras raises bare ValueErrors and URL errors here
-        if source == "imagenet":
-            raise ModelError(
-                f"cannot download the ImageNet base weights ({exc}); offline, set BASE_WEIGHTS "
-                f"to a local copy ({WEIGHTS_HINT}). Serving the shipped model needs none: "
-                "use INFERENCE_PRECISION=auto"
-            ) from exc
-        raise ModelError(f"cannot load Xception base weights {weights!r}: {exc}") from exc
-    base.trainable = False
-    return base
-
-
-def build_head(dense_units: int, dropout: float, n_classes: int = len(CLASSES)) -> Any:
-    """GAP features -> Dense(relu) -> Dropout -> Dense logits."""
-    import keras
-
-    features = keras.Input(shape=(FEATURE_DIM,), name="features")
-    x = keras.layers.Dense(dense_units, activation="relu", name="dense")(features)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    logits = keras.layers.Dense(n_classes, name="logits")(x)
-    return keras.Model(features, logits, name="head")
-
-
-def compose(base: Any, head: Any) -> Any:
-    import keras
-
-    image = keras.Input(shape=base.input_shape[1:], name="image")
-    logits = head(base(image, training=False))
-    return keras.Model(image, logits, name="intel_xception")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -291,8 +227,6 @@ def _load_finetuned(
         )
     if precision == "int8":
         raise ModelError("INFERENCE_PRECISION=int8 runs the shipped IR, which needs OpenVINO")
-    from shared.classifier.finetune import Network
-
     network = Network(base_weights, manifest.input_size, manifest.dense_units, manifest.dropout)
     network.load_top(folder / manifest.top_weights)
     complete = network.complete()

@@ -16,12 +16,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from shared import metrics
+from shared import metrics, outbox
 from shared.db.models import WebhookAttempt, WebhookEvent, WebhookEventStatus, utcnow
-from shared.db.session import begin_write
 from shared.errors import Conflict, InvalidInput, RateLimited, describe
-from shared.services import outbox
-from shared.services.jobs import get_job
 from shared.settings import Settings
 from shared.webhooks.events import FINAL_EVENTS
 from shared.webhooks.guard import Unresolvable, loggable_url, parse_networks
@@ -251,10 +248,12 @@ def _limit_redelivery(session: Session, event: WebhookEvent) -> None:
         )
 
 
-def redeliver_final_event(session: Session, job_id: str, owner: str | None) -> WebhookEvent:
-    """Send a job's final event again, with the same webhook-id and a fresh retry schedule."""
-    begin_write(session)
-    get_job(session, job_id, owner)
+def redeliver_final_event(session: Session, job_id: str) -> WebhookEvent:
+    """Send a job's final event again, with the same webhook-id and a fresh retry schedule.
+
+    The caller has begun a write transaction and checked the job is the caller's
+    (`shared.jobs.records.redeliver_final_event`).
+    """
     final = session.scalars(
         select(WebhookEvent)
         .where(WebhookEvent.job_id == job_id, WebhookEvent.type.in_(FINAL_EVENTS.values()))

@@ -1,7 +1,10 @@
 """Webhook events, written in the same transaction as the change they announce.
 
+Which events a job sends, and the job document they carry, are the job's own
+business (`shared.jobs.events`); this module only writes the row.
+
 Each event row is committed with the job's new state and put in the session's
-outbox (`shared.services.outbox`), so its delivery is enqueued only after that
+outbox (`shared.outbox`), so its delivery is enqueued only after that
 commit. A lost enqueue is found again by the dispatcher loop, which sends every
 pending event that is due.
 """
@@ -10,15 +13,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from shared import outbox
 from shared.db.models import Job, JobStatus, WebhookEvent, WebhookEventStatus, utcnow
 from shared.errors import InvalidInput
-from shared.services import outbox
-from shared.services.documents import job_document
 
 FINAL_EVENTS = {
     JobStatus.SUCCEEDED: "job.succeeded",
@@ -40,14 +41,16 @@ def parse_event_names(raw: str | None) -> list[str]:
     return sorted(set(names))
 
 
-def record_event(session: Session, job: Job, event_type: str) -> WebhookEvent | None:
+def record_event(
+    session: Session, job: Job, event_type: str, document: dict[str, Any]
+) -> WebhookEvent | None:
+    """An event row for `job`'s webhook carrying `document`, sent after the commit."""
     if not job.webhook_url:
         return None
-    session.flush()  # the document reads the items' latest state
     body: dict[str, Any] = {
         "type": event_type,
         "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
-        "data": job_document(session, job),
+        "data": document,
     }
     row = WebhookEvent(
         id=f"msg_{uuid.uuid4().hex}",
@@ -63,21 +66,3 @@ def record_event(session: Session, job: Job, event_type: str) -> WebhookEvent | 
     session.add(row)
     outbox.add_event(session, row.id)
     return row
-
-
-def record_final_event(session: Session, job: Job) -> None:
-    status = JobStatus(job.status)
-    if status in FINAL_EVENTS:
-        record_event(session, job, FINAL_EVENTS[status])
-
-
-def record_progress_event(session: Session, job: Job, interval_seconds: float) -> None:
-    """At most one job.progress per interval, only for jobs that asked for it."""
-    if "job.progress" not in (job.webhook_events or []) or JobStatus(job.status).is_final:
-        return
-    now = utcnow()
-    last = job.progress_notified_at
-    if last is not None and now - last < timedelta(seconds=interval_seconds):
-        return
-    job.progress_notified_at = now
-    record_event(session, job, "job.progress")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from shared.errors import InvalidInput
-from shared.services.text_rules import unstorable
+from shared.text_rules import unstorable
 
 log = logging.getLogger(__name__)
 

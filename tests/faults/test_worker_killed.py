@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.classifier.dataset import list_labelled_images
+from shared.training.dataset import list_labelled_images
 from testkit.processes import Service, free_port, service_env, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
 

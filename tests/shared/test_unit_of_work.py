@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared import outbox, unit_of_work
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus, new_id, utcnow
-from shared.services import outbox, unit_of_work
 from shared.settings import Settings
 
 

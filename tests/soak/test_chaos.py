@@ -20,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select
 
-from shared.classifier.dataset import list_labelled_images
 from shared.db.models import Item
+from shared.training.dataset import list_labelled_images
 from testkit.processes import Process, Service, free_port, service_env
 from tests.conftest import fresh_postgres_database, zip_bytes
 from tests.faults.servers import PrivateRedis, private_redis

@@ -22,11 +22,11 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from shared.classifier import artifact
-from shared.classifier.dataset import LabelledImage, list_labelled_images
-from shared.classifier.evaluation import select_holdout
 from shared.classifier.labels import CLASSES
 from shared.db.models import Batch, utcnow
 from shared.settings import DEFAULT_MODEL_PATH
+from shared.training.dataset import LabelledImage, list_labelled_images
+from shared.training.evaluation import select_holdout
 from testkit.processes import Service, free_port, running_serve, service_env, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
 

@@ -20,8 +20,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select
 
-from shared.classifier.dataset import list_labelled_images
 from shared.db.models import Batch, Item, JobStatus, WorkerHeartbeat
+from shared.training.dataset import list_labelled_images
 from testkit.processes import Process, Service, free_port, service_env, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
 

@@ -23,8 +23,8 @@ from sqlalchemy import select
 
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus, WebhookAttempt, WebhookEvent, new_id, utcnow
-from shared.services.unit_of_work import session_scope
 from shared.settings import Settings
+from shared.unit_of_work import session_scope
 from shared.webhooks.delivery import Outcome
 from worker.webhooks import deliver
 

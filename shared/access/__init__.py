@@ -1,0 +1,1 @@
+"""Access: API keys and the per-tenant rate limits."""

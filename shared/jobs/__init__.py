@@ -1,0 +1,1 @@
+"""Jobs: taking uploads in, scheduling and processing their items, progress, retention."""

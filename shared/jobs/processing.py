@@ -1,0 +1,474 @@
+"""The worker's side of the database: claim queued items, record results, recover stragglers.
+
+Every write is guarded by the item's current status, so a task that runs twice
+(a redelivered message, a requeued item) writes each result once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared import metrics
+from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
+from shared.jobs.events import announce_progress, announce_started
+from shared.jobs.progress import refresh_job
+from shared.jobs.scheduling import pick_items
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    job_id: str
+    filename: str
+    storage_key: str | None
+    sha256: str | None = None
+    solo: bool = False  # a suspect: it runs alone
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    id: str
+    job_id: str
+    label: str | None
+    confidence: float | None
+    scores: dict[str, float] | None
+    error: str | None
+    reused_from: str | None = None
+    model_version: str | None = None  # the model (weights and precision) that made it
+    inference_ms: float | None = None  # its own time in the engine; else a share of its pass
+
+
+def claim_items(
+    session: Session,
+    limit: int,
+    model_version: str,
+    *,
+    worker: str,
+    lease_seconds: float,
+    cap_per_tenant: int = 0,
+    suspects: bool = True,
+    lane: bool = True,
+    lane_only: bool = False,
+) -> list[Claimed]:
+    """The claim step a task runs: lease the items the scheduler picks, start their jobs.
+
+    A claim charges no attempt: an item is charged only when it enters a pass
+    (`begin_pass`), so items merely claimed go back uncharged if their worker dies.
+    """
+    ids = pick_items(
+        session,
+        limit,
+        cap_per_tenant=cap_per_tenant,
+        suspects=suspects,
+        lane=lane,
+        lane_only=lane_only,
+    )
+    claimed = lease_items(session, ids, worker, lease_seconds)
+    started = start_jobs(session, {c.job_id for c in claimed}, model_version)
+    announce_started(session, started)
+    return claimed
+
+
+def lease_items(
+    session: Session, ids: list[str], worker: str, lease_seconds: float
+) -> list[Claimed]:
+    """Mark the picked items running, leased to `worker`; in the order they were picked."""
+    if not ids:
+        return []
+    now = utcnow()
+    rows = list(
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(ids), Item.status == ItemStatus.QUEUED)
+            .values(
+                status=ItemStatus.RUNNING,
+                started_at=now,
+                leased_by=worker,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                in_pass=False,
+            )
+            .returning(
+                Item.id, Item.job_id, Item.filename, Item.storage_key, Item.sha256, Item.solo
+            )
+        ).all()
+    )
+    order = {item_id: i for i, item_id in enumerate(ids)}
+    rows.sort(key=lambda row: order[row.id])
+    return [
+        Claimed(row.id, row.job_id, row.filename, row.storage_key, row.sha256, row.solo)
+        for row in rows
+    ]
+
+
+def begin_pass(session: Session, ids: list[str], worker: str, lease_seconds: float) -> set[str]:
+    """Charge an attempt to the items about to be decoded and run; the ones still ours.
+
+    An item whose job was cancelled since the claim (or that the reconciler took
+    back) is not among them: it is neither charged nor run.
+    """
+    if not ids:
+        return set()
+    return set(
+        session.scalars(
+            update(Item)
+            .where(Item.id.in_(ids), Item.status == ItemStatus.RUNNING, Item.leased_by == worker)
+            .values(
+                attempts=Item.attempts + 1,
+                in_pass=True,
+                lease_until=utcnow() + timedelta(seconds=lease_seconds),
+            )
+            .returning(Item.id)
+        )
+    )
+
+
+def still_held(session: Session, ids: list[str], worker: str) -> set[str]:
+    """Which of `ids` are still running under `worker`'s lease (not cancelled, not taken back)."""
+    if not ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Item.id).where(
+                Item.id.in_(ids), Item.status == ItemStatus.RUNNING, Item.leased_by == worker
+            )
+        )
+    )
+
+
+def extend_leases(session: Session, worker: str, lease_seconds: float) -> int:
+    """A live worker that makes progress keeps what it holds: its leases run on."""
+    result = session.execute(
+        update(Item)
+        .where(Item.status == ItemStatus.RUNNING, Item.leased_by == worker)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def start_jobs(session: Session, job_ids: set[str], model_version: str) -> list[Job]:
+    """Jobs still queued become running, with the model version that runs them."""
+    starting = session.scalars(
+        select(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED).with_for_update()
+    ).all()
+    now = utcnow()
+    for job in starting:
+        job.status, job.started_at, job.model_version = JobStatus.RUNNING, now, model_version
+    return list(starting)
+
+
+def reuse_known_results(
+    session: Session, claimed: list[Claimed], model_version: str, *, worker: str
+) -> tuple[list[Claimed], list[Claimed]]:
+    """The reuse step a task runs: find known results, record them; (reused, still to run).
+
+    `reused` are the items this call wrote, whose uploads are now free to delete; an
+    item with a known result that something else ended meanwhile is not run either.
+    """
+    known = find_known_results(session, claimed, model_version)
+    written = record_results(session, known, worker=worker, inference_ms=0.0, batch=False)
+    settled = {result.id for result in known}
+    return (
+        [c for c in claimed if c.id in written],
+        [c for c in claimed if c.id not in settled],
+    )
+
+
+def find_known_results(
+    session: Session, claimed: list[Claimed], model_version: str
+) -> list[ItemResult]:
+    """Results this model version already made for the same bytes of the same owner.
+
+    Reuse stays inside the owner (the API key, or the pool of anonymous uploads):
+    a result reused across keys would tell one tenant what another one sent.
+    """
+    hashes = {c.sha256 for c in claimed if c.sha256}
+    if not hashes:
+        return []
+    owner_of = {
+        row.id: row.owner_id
+        for row in session.execute(
+            select(Job.id, Job.owner_id).where(Job.id.in_({c.job_id for c in claimed}))
+        )
+    }
+    known: dict[tuple[str | None, str], Any] = {}
+    rows = session.execute(
+        select(Job.owner_id, Item.sha256, Item.id, Item.label, Item.confidence, Item.scores)
+        .join(Job, Job.id == Item.job_id)
+        .where(
+            Item.sha256.in_(hashes),
+            Item.status == ItemStatus.SUCCEEDED,
+            Item.reused_from.is_(None),
+            Item.model_version == model_version,
+        )
+    )
+    for row in rows:
+        known.setdefault((row.owner_id, row.sha256), row)
+    results = []
+    for item in claimed:
+        match = known.get((owner_of.get(item.job_id), item.sha256 or ""))
+        if match is not None:
+            results.append(
+                ItemResult(
+                    item.id,
+                    item.job_id,
+                    match.label,
+                    match.confidence,
+                    match.scores,
+                    None,
+                    reused_from=match.id,
+                    model_version=model_version,
+                )
+            )
+    return results
+
+
+def record_results(
+    session: Session,
+    results: list[ItemResult],
+    *,
+    worker: str,
+    inference_ms: float,
+    progress_interval_seconds: float = 10.0,
+    batch: bool = True,
+) -> set[str]:
+    """The record step a task runs: write items, note the batch, settle the jobs.
+
+    Returns the ids it wrote: only their uploads are this run's to delete (another
+    run may hold an item the reconciler took back from this one).
+    """
+    batch_id = new_id() if batch else None
+    written = write_item_results(session, results, inference_ms, batch_id, worker)
+    if not written:
+        return set()
+    if batch_id is not None:
+        record_batch(session, batch_id, written, worker=worker, inference_ms=inference_ms)
+    count_finished_items(session, written)
+    settle_jobs(session, written, progress_interval_seconds)
+    return {result.id for result in written}
+
+
+def write_item_results(
+    session: Session,
+    results: list[ItemResult],
+    inference_ms: float,
+    batch_id: str | None,
+    worker: str,
+) -> list[ItemResult]:
+    """Write results over items still running under `worker`'s lease; the ones written.
+
+    A cancel, or the reconciler taking back the items of a worker that stalled, may
+    have ended or moved some items since they were claimed: a late result for
+    those is neither written nor counted (whoever holds them now writes theirs).
+    """
+    if not results:
+        return []
+    still_running = set(
+        session.scalars(
+            select(Item.id)
+            .where(
+                Item.id.in_([r.id for r in results]),
+                Item.status == ItemStatus.RUNNING,
+                Item.leased_by == worker,
+            )
+            .with_for_update()
+        )
+    )
+    written = [r for r in results if r.id in still_running]
+    if not written:
+        return []
+    table = cast(Table, Item.__table__)
+    session.connection().execute(
+        table.update()
+        .where(table.c.id == bindparam("item_id"), table.c.status == ItemStatus.RUNNING)
+        .values(
+            status=bindparam("new_status"),
+            **{"class": bindparam("new_label")},
+            confidence=bindparam("new_confidence"),
+            scores=bindparam("new_scores"),
+            error=bindparam("new_error"),
+            reused_from=bindparam("new_reused_from"),
+            model_version=bindparam("new_model_version"),
+            batch_id=batch_id,
+            finished_at=utcnow(),
+            inference_ms=bindparam("new_inference_ms"),
+        ),
+        [
+            {
+                "item_id": r.id,
+                "new_status": ItemStatus.FAILED if r.error else ItemStatus.SUCCEEDED,
+                "new_label": r.label,
+                "new_confidence": r.confidence,
+                "new_scores": r.scores,
+                "new_error": r.error,
+                "new_reused_from": r.reused_from,
+                "new_model_version": r.model_version,
+                # The item's own time in the engine, or its share of the pass it was in.
+                "new_inference_ms": round(
+                    r.inference_ms if r.inference_ms is not None else inference_ms / len(results),
+                    3,
+                ),
+            }
+            for r in written
+        ],
+    )
+    return written
+
+
+def record_batch(
+    session: Session,
+    batch_id: str,
+    written: list[ItemResult],
+    *,
+    worker: str,
+    inference_ms: float,
+) -> None:
+    """One forward pass: a batch row and the batch histograms."""
+    size = sum(r.error is None for r in written)
+    session.add(
+        Batch(
+            id=batch_id,
+            worker=worker,
+            size=size,
+            jobs=len({r.job_id for r in written}),
+            inference_ms=inference_ms,
+            created_at=utcnow(),
+        )
+    )
+    metrics.observe(session, metrics.BATCH_SIZE, size)
+    metrics.observe(session, metrics.BATCH_INFERENCE_SECONDS, inference_ms / 1000)
+
+
+def count_finished_items(session: Session, written: list[ItemResult]) -> None:
+    failed = sum(r.error is not None for r in written)
+    metrics.items_finished(session, ItemStatus.FAILED, failed)
+    metrics.items_finished(session, ItemStatus.SUCCEEDED, len(written) - failed)
+
+
+def settle_jobs(
+    session: Session, written: list[ItemResult], progress_interval_seconds: float
+) -> None:
+    """Recount each touched job, send its progress event, observe its items' latency."""
+    per_job = Counter(r.job_id for r in written)
+    now = utcnow()
+    for job_id in sorted(per_job):  # one lock order: no deadlocks
+        job = refresh_job(session, job_id)
+        if job is not None:
+            announce_progress(session, job, progress_interval_seconds)
+            latency = (now - job.created_at).total_seconds()
+            metrics.observe(session, metrics.ITEM_LATENCY_SECONDS, latency, per_job[job_id])
+
+
+def queued_beyond(session: Session, count: int) -> bool:
+    """Whether more than `count` items wait in the queue, whoever they belong to."""
+    waiting = select(Item.id).where(Item.status == ItemStatus.QUEUED).limit(count + 1).subquery()
+    return int(session.scalar(select(func.count()).select_from(waiting)) or 0) > count
+
+
+def queued_count(session: Session, job_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).where(Item.job_id == job_id, Item.status == ItemStatus.QUEUED)
+        )
+        or 0
+    )
+
+
+def release(session: Session, ids: list[str], worker: str, max_attempts: int) -> list[str]:
+    """Give back what `worker` still holds of `ids` (a task that ends early); their jobs.
+
+    Items not yet in a pass go back as they were; items in one were charged and
+    run alone next (or fail, past `max_attempts`), as if their worker had died.
+    """
+    if not ids:
+        return []
+    held = (Item.id.in_(ids), Item.status == ItemStatus.RUNNING, Item.leased_by == worker)
+    return take_back(session, held, max_attempts)
+
+
+def take_back(
+    session: Session, held: tuple[ColumnElement[bool], ...], max_attempts: int
+) -> list[str]:
+    """Put running items matching `held` back in the queue; the jobs they belong to.
+
+    Only items that were in a pass are suspects: they were charged an attempt and
+    run alone next, and fail alone once they used up `max_attempts`. Items that
+    were merely claimed go back uncharged.
+    """
+    abandoned = session.execute(
+        update(Item)
+        .where(*held, Item.in_pass.is_(True), Item.attempts >= max_attempts)
+        .values(
+            status=ItemStatus.FAILED,
+            finished_at=utcnow(),
+            leased_by=None,
+            lease_until=None,
+            error=(
+                f"abandoned after {max_attempts} attempts (MAX_ITEM_ATTEMPTS): each time, "
+                "the worker running it died or stalled; the last times it ran alone"
+            ),
+        )
+        .returning(Item.job_id)
+    ).scalars()
+    abandoned_jobs = Counter(abandoned)
+    metrics.items_finished(session, ItemStatus.FAILED, sum(abandoned_jobs.values()))
+    suspects = session.execute(
+        update(Item)
+        .where(*held, Item.in_pass.is_(True))
+        .values(
+            status=ItemStatus.QUEUED, solo=True, in_pass=False, leased_by=None, lease_until=None
+        )
+        .returning(Item.job_id)
+    ).scalars()
+    jobs = set(suspects)
+    merely_claimed = session.execute(
+        update(Item)
+        .where(*held)
+        .values(status=ItemStatus.QUEUED, leased_by=None, lease_until=None)
+        .returning(Item.job_id)
+    ).scalars()
+    jobs.update(merely_claimed)
+    for job_id in sorted(set(abandoned_jobs) - jobs):
+        refresh_job(session, job_id)
+    return sorted(jobs)
+
+
+def requeue_stale(session: Session, older_than_seconds: float, max_attempts: int) -> list[str]:
+    """Recover from lost workers and lost messages; returns the jobs to enqueue again.
+
+    Items whose lease ran out (their worker died or stalled, so it stopped
+    extending it) go back to the queue (`take_back`). Jobs with items queued
+    longer than `older_than_seconds` (their message was lost) are enqueued
+    again; jobs whose items all ended are settled.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_seconds)
+    lapsed = (
+        Item.status == ItemStatus.RUNNING,
+        or_(
+            Item.lease_until < now,
+            and_(Item.lease_until.is_(None), Item.started_at < cutoff),  # claimed before leases
+        ),
+    )
+    jobs = set(take_back(session, lapsed, max_attempts))
+    jobs.update(
+        session.scalars(
+            select(Item.job_id)
+            .where(Item.status == ItemStatus.QUEUED, Item.created_at < cutoff)
+            .distinct()
+        )
+    )
+    unfinished = select(Item.job_id).where(Item.status.in_([ItemStatus.QUEUED, ItemStatus.RUNNING]))
+    unsettled = session.scalars(
+        select(Job.id).where(
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), Job.id.not_in(unfinished)
+        )
+    ).all()
+    for job_id in sorted(set(unsettled) - jobs):
+        refresh_job(session, job_id)
+    return sorted(jobs)

@@ -1,0 +1,116 @@
+"""Accepting work: store the uploads, then add the job and its message to the unit of work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import metrics, outbox, unit_of_work
+from shared.db.models import Job, JobSource, new_id
+from shared.db.session import begin_write
+from shared.errors import InvalidInput, LimitExceeded
+from shared.jobs.idempotency import earlier_job, idempotency_request, remember
+from shared.jobs.intake import Upload, stage_uploads, storage_prefix
+from shared.jobs.records import create_job
+from shared.jobs.scheduling import LANE_WAKE_UP
+from shared.settings import Settings
+from shared.storage import Storage
+from shared.text_rules import parse_json_object
+from shared.webhooks.events import parse_event_names
+from shared.webhooks.guard import check_webhook_url, parse_networks
+
+
+def parse_metadata(raw: str | None) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    return parse_json_object("metadata", raw)
+
+
+def webhook_target(url: str | None, settings: Settings) -> str | None:
+    if not url:
+        return None
+    if not settings.webhook_secret_list:
+        raise InvalidInput("webhooks are not enabled on this server: WEBHOOK_SECRETS is not set")
+    check_webhook_url(url, parse_networks(settings.webhook_allowed_networks))
+    return url
+
+
+def check_field_sizes(fields: dict[str, str | None], settings: Settings) -> None:
+    for name, value in fields.items():
+        size = len(value.encode()) if value is not None else 0
+        if size > settings.max_form_field_bytes:
+            raise LimitExceeded(
+                f"form field {name!r} is {size:,} bytes, over the limit of "
+                f"{settings.max_form_field_bytes:,} (MAX_FORM_FIELD_BYTES)"
+            )
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    replayed: bool  # an earlier request with the same Idempotency-Key made this job
+
+
+def submit_job(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    uploads: list[Upload],
+    *,
+    owner_id: str | None = None,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
+    webhook_events: str | None = None,
+    metadata: str | None = None,
+    source: JobSource = JobSource.JOBS,
+) -> Submission:
+    """Store the uploads, then add the job and its message; the caller commits.
+
+    Files are stored before the write transaction begins, so no lock is held while
+    a large zip is written. If the transaction does not commit, the stored files
+    go with it (`on_rollback`); the job message is sent only after the commit (the
+    outbox). An `Idempotency-Key` seen before answers with the first job, and this
+    request's files are removed.
+    """
+    fields = {"webhook_url": webhook_url, "webhook_events": webhook_events, "metadata": metadata}
+    check_field_sizes(fields, settings)
+    idempotency = idempotency_request(idempotency_key, owner_id, uploads, fields)
+    parsed_metadata = parse_metadata(metadata)
+    webhook = webhook_target(webhook_url, settings)
+    events = parse_event_names(webhook_events)
+    job_id = new_id()
+    staged = stage_uploads(uploads, job_id, storage, settings)
+    unit_of_work.on_rollback(session, lambda: storage.delete_prefix(storage_prefix(job_id)))
+    begin_write(session)
+    if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
+        storage.delete_prefix(storage_prefix(job_id))
+        return Submission(job, replayed=True)
+    try:
+        with session.begin_nested():
+            job = create_job(
+                session,
+                job_id,
+                staged,
+                owner_id=owner_id,
+                webhook_url=webhook,
+                webhook_events=events,
+                metadata=parsed_metadata,
+                source=source,
+            )
+            if idempotency is not None:
+                remember(session, idempotency, job_id)
+    except IntegrityError:
+        # Postgres: a concurrent request with the same key committed first (SQLite's
+        # write lock makes the check above enough). Its job is this request's answer.
+        if idempotency is None or (job := earlier_job(session, idempotency)) is None:
+            raise
+        metrics.discard_increments(session)  # counted for the job that was not inserted
+        storage.delete_prefix(storage_prefix(job_id))
+        return Submission(job, replayed=True)
+    # A /predict job needs only a worker awake: every worker serves the lane between
+    # requests, so one wake-up message waits for all of them, not one per call.
+    outbox.add_job(session, LANE_WAKE_UP if source == JobSource.PREDICT else job_id)
+    return Submission(job, replayed=False)

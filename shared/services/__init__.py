@@ -1,1 +1,0 @@
-"""Logic shared by the API routes and the worker tasks."""
