@@ -28,10 +28,10 @@ from shared.jobs.processing import (
     queued_beyond,
     queued_count,
     record_results,
-    release,
     reuse_known_results,
     still_held,
 )
+from shared.jobs.recovery import release
 from shared.jobs.scheduling import HELPER_WAKE_UP, lane_waiting
 from shared.settings import Settings
 from shared.unit_of_work import session_scope

@@ -13,7 +13,7 @@ from datetime import datetime
 from shared import heartbeats, outbox, unit_of_work
 from shared.db.models import utcnow
 from shared.db.session import begin_write
-from shared.jobs.processing import requeue_stale
+from shared.jobs.recovery import requeue_stale
 from shared.jobs.retention import (
     SweepReport,
     delete_expired_jobs,

@@ -43,11 +43,10 @@ from shared.jobs.processing import (
     claim_items,
     extend_leases,
     record_results,
-    release,
-    requeue_stale,
     reuse_known_results,
 )
 from shared.jobs.records import cancel_job, create_job
+from shared.jobs.recovery import release, requeue_stale
 from shared.settings import Settings
 from shared.storage import LocalStorage
 from shared.unit_of_work import session_scope
