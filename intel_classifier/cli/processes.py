@@ -58,11 +58,13 @@ def worker(
     """Run one classification worker: loads the model once, then takes batches."""
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
     from shared.queue import QUEUE
-    from worker.celery_app import celery_app
+    from worker import context
+    from worker.celery_app import celery_app, job_queue
 
-    nice = get_settings().worker_nice
-    if nice:
-        os.nice(nice)
+    settings = get_settings()
+    context.attach(celery_app, context.build(settings, job_queue, "classify"))
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
     if quiet:
         _quiet_celery()
     # One pool child holds the model and runs the tasks (run more workers to scale);
@@ -99,10 +101,10 @@ def webhooks(
     """Run one webhook delivery worker (no model; threads, so slow receivers do not block)."""
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
     from shared.queue import WEBHOOK_QUEUE
-    from worker import runtime
-    from worker.celery_app import celery_app
+    from worker import context
+    from worker.celery_app import celery_app, job_queue
 
-    runtime.role = "webhooks"
+    context.attach(celery_app, context.build(get_settings(), job_queue, "webhooks"))
     if quiet:
         _quiet_celery()
     celery_app.worker_main(
