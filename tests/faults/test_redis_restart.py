@@ -21,7 +21,7 @@ from PIL import Image
 from sqlalchemy import create_engine, func, select
 
 from shared.db.models import Item, Job
-from testkit.processes import Service, free_port, service_env, wait_for
+from testkit.processes import Service, running_api, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
 from tests.faults.servers import PrivateRedis, private_redis
 
@@ -38,8 +38,9 @@ def broker() -> Iterator[PrivateRedis]:
 
 @pytest.fixture
 def service(broker: PrivateRedis, tmp_path: Path) -> Iterator[Service]:
-    with fresh_postgres_database() as database_url:
-        env = service_env(
+    with (
+        fresh_postgres_database() as database_url,
+        running_api(
             tmp_path,
             DATABASE_URL=database_url,
             REDIS_URL=broker.url,
@@ -50,14 +51,9 @@ def service(broker: PrivateRedis, tmp_path: Path) -> Iterator[Service]:
             RETENTION_SECONDS=str(RETENTION_SECONDS),
             SWEEP_INTERVAL_SECONDS="1",
             KEEP_UPLOADS="true",
-        )
-        service = Service(env, tmp_path, free_port())
-        service.migrate()
-        try:
-            service.start_api()
-            yield service
-        finally:
-            service.stop()
+        ) as service,
+    ):
+        yield service
 
 
 def distinct_images(count: int, copies: int) -> dict[str, bytes]:

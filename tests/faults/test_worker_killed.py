@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from shared.training.dataset import list_labelled_images
-from testkit.processes import Service, free_port, service_env, wait_for
+from testkit.processes import Service, running_api, wait_for
 from tests.conftest import fresh_postgres_database, zip_bytes
 
 pytestmark = pytest.mark.model
@@ -27,17 +27,13 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # Earlier modules' APIs leave messages for their own jobs in this shared database; a
     # worker taking one would claim this test's items before the reconciler is needed.
     redis.Redis.from_url(redis_url).flushdb()
-    with fresh_postgres_database() as database_url:
-        env = service_env(
+    with (
+        fresh_postgres_database() as database_url,
+        running_api(
             data_dir, DATABASE_URL=database_url, REDIS_URL=redis_url, REQUEUE_AFTER_SECONDS="4"
-        )
-        service = Service(env, data_dir, free_port())
-        service.migrate()
-        try:
-            service.start_api()
-            yield service
-        finally:
-            service.stop()
+        ) as service,
+    ):
+        yield service
 
 
 def test_sigkill_mid_batch_then_a_new_worker_finishes_every_item_once(

@@ -12,7 +12,7 @@ import pytest
 
 from shared.errors import UploadMissing
 from shared.storage import LocalStorage, S3Storage, Storage, open_storage
-from testkit.processes import Service, free_port, service_env
+from testkit.processes import free_port, running_api
 from tests.conftest import image_bytes, zip_bytes
 
 BUCKET = "intel-uploads"
@@ -85,11 +85,7 @@ def test_local_keys_cannot_escape_the_root(tmp_path: Path) -> None:
 
 
 def test_api_stores_uploads_in_the_bucket(s3_env: dict[str, str], tmp_path: Path) -> None:
-    env = service_env(tmp_path, STORAGE_URL=f"s3://{BUCKET}/service", **s3_env)
-    service = Service(env, tmp_path, free_port())
-    service.migrate()
-    service.start_api()
-    try:
+    with running_api(tmp_path, STORAGE_URL=f"s3://{BUCKET}/service", **s3_env) as service:
         jpeg = image_bytes(size=(32, 32), fmt="JPEG")
         archive = zip_bytes({"a.jpg": jpeg, "b.jpg": jpeg})
         job = httpx.post(f"{service.url}/jobs", files={"file": ("two.zip", archive)}).json()
@@ -99,5 +95,3 @@ def test_api_stores_uploads_in_the_bucket(s3_env: dict[str, str], tmp_path: Path
         assert httpx.delete(f"{service.url}/jobs/{job['id']}").status_code == 204
         listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"service/{job['id']}/")
         assert listed.get("KeyCount") == 0
-    finally:
-        service.stop()
