@@ -35,7 +35,8 @@ import numpy as np
 
 from bench import sharing
 from shared.classifier.engine import Backend
-from shared.classifier.model import Precision, load_classifier
+from shared.classifier.loaded import Precision
+from shared.classifier.model import load_classifier
 from shared.classifier.preprocessing import preprocess
 from shared.db.models import JobStatus
 from shared.settings import DEFAULT_MODEL_PATH, PROJECT_ROOT, get_settings

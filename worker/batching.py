@@ -16,7 +16,7 @@ from shared.classifier.inference import (
     infer_pipelined,
     to_prediction,
 )
-from shared.classifier.model import Classifier
+from shared.classifier.loaded import Classifier
 from shared.classifier.preprocessing import preprocess
 from shared.classifier.runner import Pending
 from shared.errors import UploadMissing

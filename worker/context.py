@@ -15,7 +15,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.classifier.model import Classifier, load_classifier
+from shared.classifier.loaded import Classifier
+from shared.classifier.model import load_classifier
 from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.storage import Storage, open_storage

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.classifier.model import Classifier
+from shared.classifier.loaded import Classifier
 from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.storage import Storage

@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from intel_classifier.cli.app import app
 from shared.settings import Settings, get_settings
+from shared.training.augment import Augmentation
+from shared.training.config import ReleaseConfig, TrainConfig
 
 if TYPE_CHECKING:
     from shared.classifier.inference import Prediction
-    from shared.classifier.model import Classifier, Precision
+    from shared.classifier.loaded import Classifier, Precision
 
 
 def progress_bar(description: str, total: int) -> Callable[[int], None]:
@@ -40,6 +43,20 @@ ModelOption = Annotated[
 ]
 
 
+# The recipes' own defaults: the options below show and fall back to these.
+_V2 = ReleaseConfig()
+_V1 = TrainConfig()
+
+
+def _defaults(v2: object, v1: object) -> str:
+    return f"Default: {v2} ({v1} with --frozen-base)."
+
+
+def _given(**values: object) -> dict[str, Any]:
+    """The options the user set: the rest keep the recipe's defaults."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 @app.command()
 def train(
     data_dir: Annotated[
@@ -55,25 +72,38 @@ def train(
             help="The v1 recipe: train only the head on pooled features of a frozen base.",
         ),
     ] = False,
-    input_size: int = 299,
-    batch_size: Annotated[int | None, typer.Option(help="Default: 32 (16 frozen-base).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Default: 5 (20 frozen-base).")] = None,
-    learning_rate: Annotated[float, typer.Option(help="The head's Adam learning rate.")] = 1e-3,
+    input_size: int = _V2.input_size,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_defaults(_V2.finetune.batch_size, _V1.batch_size))
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help=_defaults(_V2.finetune.epochs, _V1.epochs))
+    ] = None,
+    learning_rate: Annotated[
+        float, typer.Option(help="The head's Adam learning rate.")
+    ] = _V2.finetune.head_learning_rate,
     block_learning_rate: Annotated[
         float, typer.Option(help="Block 14's Adam learning rate (fine-tuning).")
-    ] = 1e-4,
-    dense_units: int = 100,
-    dropout: float = 0.2,
+    ] = _V2.finetune.block_learning_rate,
+    dense_units: int = _V2.finetune.dense_units,
+    dropout: float = _V2.finetune.dropout,
     validation_split: Annotated[
-        float | None, typer.Option(help="Default: 0.15 (0.2 frozen-base).")
+        float | None,
+        typer.Option(help=_defaults(_V2.validation_fraction, _V1.validation_fraction)),
     ] = None,
-    test_split: Annotated[float, typer.Option(help="Held out for the reported figures.")] = 0.15,
-    seed: int = 42,
+    test_split: Annotated[
+        float, typer.Option(help="Held out for the reported figures.")
+    ] = _V2.test_fraction,
+    seed: int = _V2.finetune.seed,
     augment_views: Annotated[
         int, typer.Option(help="Frozen-base only: extra augmented feature views per image.")
-    ] = 0,
-    zoom: Annotated[float, typer.Option(help="Frozen-base augmentation zoom range.")] = 0.2,
-    shear: Annotated[float, typer.Option(help="Frozen-base shear range in degrees.")] = 10.0,
+    ] = _V1.augment_views,
+    zoom: Annotated[
+        float, typer.Option(help="Frozen-base augmentation zoom range.")
+    ] = _V1.augmentation.zoom,
+    shear: Annotated[
+        float, typer.Option(help="Frozen-base shear range in degrees.")
+    ] = _V1.augmentation.shear_degrees,
 ) -> None:
     """Fine-tune Xception's block 14 with the head; write the model folder serving runs.
 
@@ -82,43 +112,45 @@ def train(
     temperature are chosen on validation; the INT8 IR is accepted on the test split.
     """
     settings = get_settings()
+    chosen = _given(batch_size=batch_size, epochs=epochs)
     if frozen_base:
-        _train_frozen_base(
-            settings,
-            data_dir,
-            output,
-            input_size,
-            batch_size or 16,
-            epochs or 20,
-            learning_rate,
-            dense_units,
-            dropout,
-            validation_split or 0.2,
-            seed,
-            augment_views,
-            zoom,
-            shear,
+        v1 = replace(
+            _V1,
+            input_size=input_size,
+            learning_rate=learning_rate,
+            dense_units=dense_units,
+            dropout=dropout,
+            seed=seed,
+            augment_views=augment_views,
+            augmentation=Augmentation(zoom=zoom, shear_degrees=shear),
+            **chosen,
+            **_given(validation_fraction=validation_split),
         )
+        _train_frozen_base(settings, data_dir, output, v1)
         return
-    from shared.training.finetune import FineTuneConfig
-    from shared.training.metrics import format_report
-    from shared.training.release import ReleaseConfig, release
-
-    config = ReleaseConfig(
+    v2 = replace(
+        _V2,
         input_size=input_size,
-        validation_fraction=validation_split or 0.15,
         test_fraction=test_split,
         map_batch_size=settings.inference_batch_size,
-        finetune=FineTuneConfig(
-            batch_size=batch_size or 32,
-            epochs=epochs or 5,
+        finetune=replace(
+            _V2.finetune,
             block_learning_rate=block_learning_rate,
             head_learning_rate=learning_rate,
             dense_units=dense_units,
             dropout=dropout,
             seed=seed,
+            **chosen,
         ),
+        **_given(validation_fraction=validation_split),
     )
+    _release(settings, data_dir, output, v2)
+
+
+def _release(settings: Settings, data_dir: Path, output: Path, config: ReleaseConfig) -> None:
+    from shared.training.metrics import format_report
+    from shared.training.release import release
+
     result = release(
         data_dir,
         output,
@@ -141,38 +173,11 @@ def train(
 
 
 def _train_frozen_base(
-    settings: Settings,
-    data_dir: Path,
-    output: Path,
-    input_size: int,
-    batch_size: int,
-    epochs: int,
-    learning_rate: float,
-    dense_units: int,
-    dropout: float,
-    validation_split: float,
-    seed: int,
-    augment_views: int,
-    zoom: float,
-    shear: float,
+    settings: Settings, data_dir: Path, output: Path, config: TrainConfig
 ) -> None:
-    from shared.training.augment import Augmentation
-    from shared.training.frozen_base import TrainConfig
     from shared.training.frozen_base import train as run_training
     from shared.training.metrics import format_report
 
-    config = TrainConfig(
-        input_size=input_size,
-        batch_size=batch_size,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        dense_units=dense_units,
-        dropout=dropout,
-        validation_fraction=validation_split,
-        seed=seed,
-        augment_views=augment_views,
-        augmentation=Augmentation(zoom=zoom, shear_degrees=shear),
-    )
     result = run_training(
         data_dir,
         output,
@@ -285,7 +290,7 @@ def quantize(
     It is kept for INFERENCE_PRECISION=auto only if accuracy drops by at most 0.5 points.
     """
     from shared.training.dataset import list_labelled_images
-    from shared.training.quantization import quantize_model
+    from shared.training.frozen_base import quantize_model
 
     settings = get_settings()
     result = quantize_model(

@@ -114,3 +114,11 @@ def save_openvino(ov: Any, converted: Any, cache_file: Path) -> None:
     ov.save_model(converted, temporary, compress_to_fp16=False)
     os.replace(temporary.with_suffix(".bin"), cache_file.with_suffix(".bin"))
     os.replace(temporary, cache_file)
+
+
+def engine_cache(cache_dir: Path | None, version: str, base: str) -> Path | None:
+    """Where the OpenVINO form of a model version is cached (None: no cache)."""
+    if cache_dir is None:
+        return None
+    base_key = base.removeprefix("sha256:")[:12]
+    return cache_dir / "openvino" / f"{version}-{base_key}.xml"

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from shared.classifier.model import Classifier
+from shared.classifier.loaded import Classifier
 from shared.classifier.preprocessing import preprocess
 from shared.classifier.runner import Pending
 from shared.errors import describe

@@ -20,19 +20,9 @@ import numpy as np
 
 from shared.classifier.network import Network
 from shared.training.calibration import negative_log_likelihood
+from shared.training.config import FineTuneConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FineTuneConfig:
-    batch_size: int = 32
-    epochs: int = 5
-    block_learning_rate: float = 1e-4
-    head_learning_rate: float = 1e-3
-    dense_units: int = 100
-    dropout: float = 0.2
-    seed: int = 42
 
 
 @dataclass

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from shared.classifier import artifact
 from shared.classifier.engine import Backend, Engine, compile_openvino, convert_keras, make_engine
 from shared.classifier.inference import infer_batches
 from shared.classifier.labels import CLASSES
+from shared.classifier.loaded import softmax
 from shared.classifier.network import CUT_LAYER, Network, base_weights_identity
 from shared.classifier.preprocessing import preprocess
 from shared.errors import InvalidInput
@@ -37,34 +37,24 @@ from shared.training.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
-    softmax,
 )
+from shared.training.config import ReleaseConfig
 from shared.training.dataset import (
     LabelledImage,
     drop_duplicates,
     list_labelled_images,
     stratified_three_way,
 )
+from shared.training.evaluation import MAX_ACCURACY_DROP
 from shared.training.features import FeatureSpec, compute_features, content_hashes
-from shared.training.finetune import FineTuneConfig, fit, logits_of
+from shared.training.finetune import fit, logits_of
 from shared.training.metrics import classification_report
 
 log = logging.getLogger(__name__)
 
-MAX_ACCURACY_DROP = 0.005  # half a point
 MIN_AGREEMENT = 0.99
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-
-
-@dataclass(frozen=True)
-class ReleaseConfig:
-    input_size: int = 299
-    validation_fraction: float = 0.15
-    test_fraction: float = 0.15
-    calibration_images: int = 300
-    map_batch_size: int = 16
-    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
 
 @dataclass(frozen=True)
@@ -361,10 +351,3 @@ def _plot(
         output_dir / "training_curves.png",
         "Fine-tuning block 14 + head on cached add_11 maps",
     )
-
-
-def replace_folder(source: Path, target: Path) -> None:
-    """Put a finished release where serving looks for it."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target)

@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 from shared.classifier import artifact
-from shared.classifier.model import Classifier, load_classifier
+from shared.classifier.loaded import Classifier
+from shared.classifier.model import load_classifier
 from shared.classifier.preprocessing import preprocess
 from shared.errors import ModelError
 from shared.settings import DEFAULT_MODEL_PATH
+from shared.training.config import TrainConfig
 from shared.training.dataset import list_labelled_images
-from shared.training.frozen_base import TrainConfig, TrainResult, train
-from shared.training.quantization import quantize_model
+from shared.training.frozen_base import TrainResult, quantize_model, train
 from tests.conftest import sample_dataset
 
 pytestmark = pytest.mark.model

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.classifier.loaded import softmax
 from shared.training.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
-    softmax,
 )
 
 

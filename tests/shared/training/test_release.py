@@ -14,9 +14,9 @@ from shared.classifier import artifact
 from shared.classifier.model import load_classifier
 from shared.classifier.network import Network
 from shared.classifier.preprocessing import preprocess
+from shared.training.config import FineTuneConfig, ReleaseConfig
 from shared.training.dataset import list_labelled_images
-from shared.training.finetune import FineTuneConfig
-from shared.training.release import ReleaseConfig, ReleaseResult, release
+from shared.training.release import ReleaseResult, release
 from tests.conftest import sample_dataset
 
 pytestmark = pytest.mark.model
