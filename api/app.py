@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UrlHygiene)
     # A stranger's upload is refused before it streams in.
-    app.add_middleware(Authentication, settings=settings)
+    app.add_middleware(Authentication, settings=settings, units=resources.units)
     # Added last, so it runs first: no one reads a header two readers could read apart.
     app.add_middleware(RepeatedHeaders)
     return app

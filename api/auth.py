@@ -21,7 +21,7 @@ from shared.access.keys import authenticate
 from shared.access.ratelimit import check_job_rate
 from shared.errors import AppError, RateLimited
 from shared.settings import Settings
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWorkFactory
 
 PUBLIC_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"}
@@ -58,9 +58,10 @@ def is_public(path: str) -> bool:
 
 
 class Authentication:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, units: UnitOfWorkFactory) -> None:
         self.app = app
         self.settings = settings
+        self.units = units
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):
@@ -70,7 +71,7 @@ class Authentication:
         try:
             if self.settings.auth_enabled:
                 header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-                key_id = await anyio.to_thread.run_sync(_key_id, self.settings, header)
+                key_id = await anyio.to_thread.run_sync(_key_id, self.units, header)
                 scope.setdefault("state", {})[STATE_KEY] = key_id
             if (scope["method"], scope["path"].rstrip("/")) in JOB_CREATING:
                 bucket = key_id or _client_address(scope)
@@ -89,9 +90,9 @@ class Authentication:
         await self.app(scope, receive, send)
 
 
-def _key_id(settings: Settings, header: str) -> str:
-    with session_scope(settings, write=False) as session:
-        return authenticate(session, header or None).id
+def _key_id(units: UnitOfWorkFactory, header: str) -> str:
+    with units.scope(write=False) as unit:
+        return authenticate(unit, header or None).id
 
 
 def _client_address(scope: Scope) -> str:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
 from api.waiting import FinishedWaiters
 from shared import unit_of_work
 from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
+from shared.unit_of_work import UnitOfWork, UnitOfWorkFactory
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,18 @@ class Resources:
 
     settings: Settings
     queue: JobQueue
+    units: UnitOfWorkFactory  # every unit of work of this process, sending through `queue`
     storage: Storage
     waiters: FinishedWaiters
 
     @classmethod
     def of(cls, settings: Settings) -> Resources:
         # The API sends job messages through the shared queue interface; it never sees a task.
+        queue = JobQueue.for_settings(settings)
         return cls(
             settings,
-            JobQueue.for_settings(settings),
+            queue,
+            UnitOfWorkFactory(settings, sender=queue),
             open_storage(settings.resolved_storage_url),
             FinishedWaiters(),
         )
@@ -60,19 +63,23 @@ def get_waiters(request: Request) -> FinishedWaiters:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
+def get_units(request: Request) -> UnitOfWorkFactory:
+    return _resources(request).units
+
+
+def get_session(request: Request) -> Iterator[UnitOfWork]:
     """The request's unit of work: a route that writes commits it once (`unit_of_work.commit`);
     whatever is left uncommitted when the request ends is rolled back, with its clean-up."""
-    resources = _resources(request)
-    session = unit_of_work.open_session(resources.settings, sender=resources.queue)
+    unit = _resources(request).units.open()
     try:
-        yield session
+        yield unit
     finally:
-        unit_of_work.close(session)
+        unit_of_work.close(unit)
 
 
 # Ended when the route returns, before the response goes out: a client that reads
 # its response slowly (or never) holds no transaction and no connection.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SessionDep = Annotated[UnitOfWork, Depends(get_session, scope="function")]
+UnitsDep = Annotated[UnitOfWorkFactory, Depends(get_units)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 WaitersDep = Annotated[FinishedWaiters, Depends(get_waiters)]

@@ -14,11 +14,11 @@ import contextlib
 import threading
 import time
 
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from shared import unit_of_work
 from shared.db.models import Job, JobStatus
+from shared.unit_of_work import UnitOfWork
 
 SLOWEST_LOOK_SECONDS = 0.5
 
@@ -49,7 +49,7 @@ class FinishedWaiters:
             loop.call_soon_threadsafe(event.set)
 
 
-def _final_job(session: Session, job_id: str) -> Job | None:
+def _final_job(session: UnitOfWork, job_id: str) -> Job | None:
     try:
         job = session.get(Job, job_id, populate_existing=True)
         return job if job is not None and JobStatus(job.status).is_final else None
@@ -58,7 +58,7 @@ def _final_job(session: Session, job_id: str) -> Job | None:
 
 
 async def wait_until_final(
-    session: Session, job_id: str, timeout_seconds: float, waiters: FinishedWaiters
+    session: UnitOfWork, job_id: str, timeout_seconds: float, waiters: FinishedWaiters
 ) -> Job | None:
     """The job once it has ended, or None when `timeout_seconds` pass first."""
     deadline = time.monotonic() + timeout_seconds

@@ -8,7 +8,7 @@ import typer
 
 from shared.access import keys as key_service
 from shared.settings import get_settings
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWorkFactory
 
 keys_app = typer.Typer(help="API keys (used when AUTH_ENABLED=true).", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def create(
     ] = 1,
 ) -> None:
     """Make a key; it is printed once, on the last line, and never stored in the clear."""
-    with session_scope(get_settings()) as session:
+    with UnitOfWorkFactory(get_settings()).scope() as session:
         row, key = key_service.create_key(session, name, weight)
         typer.echo(
             f"created key {row.prefix} ({row.name}, weight {row.weight}, id {row.id}); "
@@ -39,7 +39,7 @@ def create(
 @keys_app.command("list")
 def list_keys() -> None:
     """Every key: prefix, name, when it was made, and whether it is revoked."""
-    with session_scope(get_settings(), write=False) as session:
+    with UnitOfWorkFactory(get_settings()).scope(write=False) as session:
         rows = key_service.list_keys(session)
         typer.echo(f"{'PREFIX':<14} {'NAME':<24} {'WEIGHT':>6} {'CREATED':<20} {'REVOKED':<20} ID")
         for row in rows:
@@ -54,6 +54,6 @@ def list_keys() -> None:
 @keys_app.command("revoke")
 def revoke(key: Annotated[str, typer.Argument(help="The key's prefix, id or name.")]) -> None:
     """Revoke a key: requests with it get 401 from now on; its jobs are kept."""
-    with session_scope(get_settings()) as session:
+    with UnitOfWorkFactory(get_settings()).scope() as session:
         row = key_service.revoke_key(session, key)
         typer.echo(f"revoked {row.prefix} ({row.name})")

@@ -3,7 +3,7 @@
 Every API and worker process counts into the same rows, in the transaction that
 does the counted thing, so a rolled-back batch counts nothing and a scrape of any
 API process sees every worker's totals. Retention deletes jobs, never these rows,
-so counters only go up. Increments gather on the session and are written just
+so counters only go up. Increments gather on the unit of work and are written just
 before it commits (by `shared.unit_of_work.commit`, visibly, not by a
 listener), in one sorted order, so concurrent writers cannot deadlock.
 """
@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, MetricCounter
 
-_PENDING = "intel_metric_increments"
+# (name, labels) -> how much to add, gathered by one unit of work until its commit.
+Increments = defaultdict[tuple[str, str], float]
+
+
+class Counting(Protocol):
+    """What gathers increments: a unit of work (`shared.unit_of_work.UnitOfWork`)."""
+
+    metric_increments: Increments
+
 
 BATCH_SIZE = "intel_batch_size"
 BATCH_INFERENCE_SECONDS = "intel_batch_inference_seconds"
@@ -46,39 +54,39 @@ def labels_key(labels: dict[str, str]) -> str:
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
 
-def count(session: Session, name: str, by: float = 1, **labels: str) -> None:
+def new_increments() -> Increments:
+    return defaultdict(float)
+
+
+def count(unit: Counting, name: str, by: float = 1, **labels: str) -> None:
     if by:
-        pending: dict[tuple[str, str], float] = session.info.setdefault(
-            _PENDING, defaultdict(float)
-        )
-        pending[(name, labels_key(labels))] += by
+        unit.metric_increments[(name, labels_key(labels))] += by
 
 
-def observe(session: Session, name: str, value: float, times: int = 1) -> None:
+def observe(unit: Counting, name: str, value: float, times: int = 1) -> None:
     """Record `value` in histogram `name`, `times` times (a batch's items share a latency)."""
     for bound in HISTOGRAM_BUCKETS[name]:
         if value <= bound:
-            count(session, f"{name}_bucket", times, le=_le(bound))
-    count(session, f"{name}_bucket", times, le="+Inf")
-    count(session, f"{name}_sum", value * times)
-    count(session, f"{name}_count", times)
+            count(unit, f"{name}_bucket", times, le=_le(bound))
+    count(unit, f"{name}_bucket", times, le="+Inf")
+    count(unit, f"{name}_sum", value * times)
+    count(unit, f"{name}_count", times)
 
 
-def job_finished(session: Session, job: Job) -> None:
-    count(session, JOBS_FINISHED, status=job.status)
+def job_finished(unit: Counting, job: Job) -> None:
+    count(unit, JOBS_FINISHED, status=job.status)
 
 
-def items_finished(session: Session, status: str, number: int) -> None:
-    count(session, ITEMS_FINISHED, number, status=status)
+def items_finished(unit: Counting, status: str, number: int) -> None:
+    count(unit, ITEMS_FINISHED, number, status=status)
 
 
 def _le(bound: float) -> str:
     return f"{bound:g}"
 
 
-def write_increments(session: Session) -> None:
-    """Upsert the increments gathered on `session`; `unit_of_work.commit` calls it first."""
-    pending: dict[tuple[str, str], float] | None = session.info.pop(_PENDING, None)
+def write_increments(session: Session, pending: Increments) -> None:
+    """Upsert a unit of work's increments; `unit_of_work.commit` calls it first."""
     if not pending:
         return
     # One statement for every increment (a batch touches about 35 rows: one round
@@ -97,8 +105,8 @@ def write_increments(session: Session) -> None:
     )
 
 
-def discard_increments(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+def discard_increments(unit: Counting) -> None:
+    unit.metric_increments = new_increments()
 
 
 def _dialect_insert(session: Session) -> Any:

@@ -17,11 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy.orm import Session
-
 log = logging.getLogger(__name__)
-
-_KEY = "outbox"
 
 
 class Sender(Protocol):
@@ -44,32 +40,33 @@ class Messages:
         return bool(self.job_ids or self.event_ids or self.finished_ids)
 
 
-def _messages(session: Session) -> Messages:
-    messages: Messages = session.info.setdefault(_KEY, Messages())
-    return messages
+class Gathering(Protocol):
+    """What holds an outbox: a unit of work (`shared.unit_of_work.UnitOfWork`)."""
+
+    outbox: Messages
 
 
-def add_job(session: Session, job_id: str) -> None:
+def add_job(unit: Gathering, job_id: str) -> None:
     """After the commit, wake a worker for `job_id` (at most one message waits per job)."""
-    if job_id not in _messages(session).job_ids:
-        _messages(session).job_ids.append(job_id)
+    if job_id not in unit.outbox.job_ids:
+        unit.outbox.job_ids.append(job_id)
 
 
-def add_event(session: Session, event_id: str) -> None:
+def add_event(unit: Gathering, event_id: str) -> None:
     """After the commit, hand webhook event `event_id` to the webhook worker."""
-    if event_id not in _messages(session).event_ids:
-        _messages(session).event_ids.append(event_id)
+    if event_id not in unit.outbox.event_ids:
+        unit.outbox.event_ids.append(event_id)
 
 
-def add_finished(session: Session, job_id: str) -> None:
+def add_finished(unit: Gathering, job_id: str) -> None:
     """After the commit, say that `job_id` ended (a hint: waiters still poll, slowly)."""
-    if job_id not in _messages(session).finished_ids:
-        _messages(session).finished_ids.append(job_id)
+    if job_id not in unit.outbox.finished_ids:
+        unit.outbox.finished_ids.append(job_id)
 
 
-def take(session: Session) -> Messages:
-    """The messages gathered so far, removed from the session."""
-    messages: Messages = session.info.pop(_KEY, None) or Messages()
+def take(unit: Gathering) -> Messages:
+    """The messages gathered so far, removed from the unit of work."""
+    messages, unit.outbox = unit.outbox, Messages()
     return messages
 
 

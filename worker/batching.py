@@ -34,7 +34,6 @@ from shared.jobs.processing import (
 from shared.jobs.recovery import release
 from shared.jobs.scheduling import HELPER_WAKE_UP, lane_waiting
 from shared.settings import Settings
-from shared.unit_of_work import session_scope
 from worker.liveness import liveness, main_alive
 from worker.runtime import Runtime
 
@@ -131,7 +130,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
 
     def wanted(items: list[Claimed]) -> list[bool]:
         """Just before the engine: items of a job cancelled since the claim are not run."""
-        with session_scope(settings, write=False) as session:
+        with runtime.units.scope(write=False) as session:
             ours = still_held(session, [item.id for item in items], runtime.name)
         return [item.id in ours for item in items]
 
@@ -174,7 +173,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
             liveness.expect(DATABASE_STEP_SECONDS)
             _record(batch, runtime)
             held.difference_update(item.id for item in batch.items)
-        with session_scope(runtime.settings, write=False, sender=runtime.queue) as session:
+        with runtime.units.scope(write=False) as session:
             if queued_count(session, job_id) > 0:
                 # More to do: a fresh message, so other work gets its turn in between.
                 outbox.add_job(session, job_id)
@@ -191,7 +190,7 @@ def _call_for_help(runtime: Runtime, group_size: int) -> None:
     the next, which calls the next in turn, until the queue is short or every
     worker is busy. Idle workers then share even a single big job.
     """
-    with session_scope(runtime.settings, write=False, sender=runtime.queue) as session:
+    with runtime.units.scope(write=False) as session:
         if queued_beyond(session, (PIPELINE_DEPTH + 1) * group_size):
             outbox.add_job(session, HELPER_WAKE_UP)
 
@@ -203,7 +202,7 @@ def _record(batch: InferredBatch[Claimed], runtime: Runtime) -> None:
         _result(item, output, classifier, ms)
         for item, output, ms in zip(batch.items, batch.outputs, item_ms, strict=True)
     ]
-    with session_scope(runtime.settings, sender=runtime.queue) as session:
+    with runtime.units.scope() as session:
         written = record_results(
             session,
             results,
@@ -228,7 +227,7 @@ def _begin_pass(claimed: list[Claimed], runtime: Runtime) -> list[Claimed]:
     if not claimed:
         return []
     liveness.expect(DATABASE_STEP_SECONDS)
-    with session_scope(runtime.settings) as session:
+    with runtime.units.scope() as session:
         ours = begin_pass(
             session, [c.id for c in claimed], runtime.name, runtime.settings.requeue_after_seconds
         )
@@ -237,7 +236,7 @@ def _begin_pass(claimed: list[Claimed], runtime: Runtime) -> list[Claimed]:
 
 def _release(held: set[str], runtime: Runtime) -> None:
     try:
-        with session_scope(runtime.settings, sender=runtime.queue) as session:
+        with runtime.units.scope() as session:
             for job_id in release(
                 session, sorted(held), runtime.name, runtime.settings.max_item_attempts
             ):
@@ -296,7 +295,7 @@ class _Claim:
 
 
 def _lane_waiting(runtime: Runtime) -> bool:
-    with session_scope(runtime.settings, write=False) as session:
+    with runtime.units.scope(write=False) as session:
         return lane_waiting(session)
 
 
@@ -306,7 +305,7 @@ def _claim_once(
     """One unit of work: claim items, start their jobs, settle repeats of known images."""
     settings = runtime.settings
     version = runtime.classifier.version
-    with session_scope(settings, sender=runtime.queue) as session:
+    with runtime.units.scope() as session:
         claimed = claim_items(
             session,
             limit,

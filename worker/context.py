@@ -20,6 +20,7 @@ from shared.classifier.model import load_classifier
 from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
+from shared.unit_of_work import UnitOfWorkFactory
 from worker.heartbeat import Heartbeat
 from worker.runtime import Runtime
 
@@ -32,7 +33,8 @@ _ATTRIBUTE = "intel_worker_context"
 @dataclass
 class WorkerContext:
     settings: Settings
-    queue: JobQueue  # sends what each unit of work's outbox holds after its commit
+    queue: JobQueue
+    units: UnitOfWorkFactory  # every unit of work of this process, sending through `queue`
     role: Role
     storage: Storage
     classifier: Classifier | None = None  # loaded by a classify worker's pool child
@@ -59,11 +61,12 @@ class WorkerContext:
 
     def runtime(self) -> Runtime:
         """What a classify task works with: this context, with its model loaded."""
-        return Runtime(self.settings, self.load_classifier(), self.storage, self.queue, self.name)
+        return Runtime(self.settings, self.load_classifier(), self.storage, self.units, self.name)
 
 
 def build(settings: Settings, queue: JobQueue, role: Role) -> WorkerContext:
-    return WorkerContext(settings, queue, role, open_storage(settings.resolved_storage_url))
+    units = UnitOfWorkFactory(settings, sender=queue)
+    return WorkerContext(settings, queue, units, role, open_storage(settings.resolved_storage_url))
 
 
 def attach(app: Any, context: WorkerContext) -> None:

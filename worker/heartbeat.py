@@ -10,7 +10,7 @@ from shared import heartbeats
 from shared.db.models import utcnow
 from shared.jobs.processing import extend_leases
 from shared.settings import Settings
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWorkFactory
 from worker.liveness import liveness
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,15 @@ class Heartbeat:
     """
 
     def __init__(
-        self, settings: Settings, role: str, main_pid: int, leases_of: str | None = None
+        self,
+        settings: Settings,
+        units: UnitOfWorkFactory,
+        role: str,
+        main_pid: int,
+        leases_of: str | None = None,
     ) -> None:
         self.settings = settings
+        self.units = units
         self.role = role
         self.host = socket.gethostname()
         self.name = f"{role}@{self.host}:{main_pid}"
@@ -51,7 +57,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         try:
-            with session_scope(self.settings) as session:
+            with self.units.scope() as session:
                 heartbeats.beat(session, self.name, self.role, self.host, self.started_at)
                 if self.leases_of is not None:
                     extend_leases(session, self.leases_of, self.settings.requeue_after_seconds)
@@ -61,7 +67,7 @@ class Heartbeat:
     def stop(self) -> None:
         self.stopped.set()
         try:
-            with session_scope(self.settings) as session:
+            with self.units.scope() as session:
                 heartbeats.forget(session, self.name)
         except Exception:
             log.warning("heartbeat row left behind; it goes stale on its own", exc_info=True)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from shared import heartbeats, outbox, unit_of_work
+from shared import heartbeats, outbox
 from shared.db.models import utcnow
-from shared.db.session import begin_write
 from shared.jobs.recovery import requeue_stale
 from shared.jobs.retention import (
     SweepReport,
@@ -22,47 +21,45 @@ from shared.jobs.retention import (
 )
 from shared.settings import Settings
 from shared.storage import Storage
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
 
-def reconcile(settings: Settings, queue: outbox.Sender) -> list[str]:
+def reconcile(settings: Settings, units: UnitOfWorkFactory) -> list[str]:
     """Take back what a dead worker left running, and enqueue every job left waiting.
 
     Only jobs with no message waiting get one (`JobQueue`'s marks), so a backlog
     never grows duplicates. Returns the jobs whose message was sent.
     """
-    session = unit_of_work.open_session(settings, queue)
-    try:
-        begin_write(session)
-        heartbeats.prune(session, max(20 * settings.worker_stale_seconds, 3600))
+    with units.scope() as unit:
+        heartbeats.prune(unit, max(20 * settings.worker_stale_seconds, 3600))
         for job_id in requeue_stale(
-            session, settings.requeue_after_seconds, settings.max_item_attempts
+            unit, settings.requeue_after_seconds, settings.max_item_attempts
         ):
-            outbox.add_job(session, job_id)
-        sent = unit_of_work.commit(session)
-    finally:
-        unit_of_work.close(session)
+            outbox.add_job(unit, job_id)
+    sent = unit.sent_jobs
     if sent:
         log.warning("reconciler enqueued %d job(s) again: %s", len(sent), ", ".join(sent))
     return sent
 
 
-def sweep(settings: Settings, storage: Storage, now: datetime | None = None) -> SweepReport:
+def sweep(
+    settings: Settings, units: UnitOfWorkFactory, storage: Storage, now: datetime | None = None
+) -> SweepReport:
     """Delete what retention says is over, and stored files that lost their job."""
     now = now or utcnow()
     jobs = 0
     while True:  # a pass at a time, so no transaction holds the write lock for long
-        with session_scope(settings) as session:
-            deleted = delete_expired_jobs(session, storage, settings.retention_seconds, now)
+        with units.scope() as unit:
+            deleted = delete_expired_jobs(unit, storage, settings.retention_seconds, now)
         jobs += deleted
         if deleted == 0:
             break
-    with session_scope(settings, write=False) as session:
-        orphans = delete_orphaned_files(session, storage, settings.orphan_grace_seconds, now)
-    with session_scope(settings) as session:
-        forgotten = forget_old_records(session, settings, now)
+    with units.scope(write=False) as unit:
+        orphans = delete_orphaned_files(unit, storage, settings.orphan_grace_seconds, now)
+    with units.scope() as unit:
+        forgotten = forget_old_records(unit, settings, now)
     report = SweepReport(jobs, orphans, forgotten.idempotency_keys, forgotten.batches)
     if any(vars(report).values()):
         log.info(

@@ -1,13 +1,13 @@
-"""What a classify task works with: settings, the loaded model, storage, the queue, its name."""
+"""What a classify task works with: settings, the loaded model, storage, units of work, its name."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from shared.classifier.loaded import Classifier
-from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.unit_of_work import UnitOfWorkFactory
 
 
 @dataclass(frozen=True)
@@ -15,5 +15,5 @@ class Runtime:
     settings: Settings
     classifier: Classifier
     storage: Storage
-    queue: JobQueue  # sends what each unit of work's outbox holds after its commit
+    units: UnitOfWorkFactory  # each claim, charge and record is one unit of work
     name: str  # host:pid of the pool child: what its item leases name

@@ -28,8 +28,6 @@ from shared.db.session import forget_inherited_connections
 from shared.logs import configure_logging, log_context
 from shared.process import die_with_parent
 from shared.queue import CLASSIFY_TASK, WEBHOOK_TASK
-from shared.settings import Settings
-from shared.unit_of_work import session_scope
 from worker import maintenance, webhooks
 from worker.batching import process_job, time_limits
 from worker.celery_app import celery_app, settings
@@ -66,10 +64,10 @@ def _reconcile_forever(context: WorkerContext) -> None:
     next_sweep = 0.0
     while True:
         try:
-            maintenance.reconcile(settings, context.queue)
+            maintenance.reconcile(settings, context.units)
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + settings.sweep_interval_seconds
-                maintenance.sweep(settings, context.storage)
+                maintenance.sweep(settings, context.units, context.storage)
         except Exception:  # a database or broker outage must not kill the loop
             log.exception("reconciler pass failed; retrying in %.0fs", interval)
         time.sleep(interval)
@@ -80,14 +78,14 @@ def deliver_webhook(task: Any, event_id: str) -> None:
     context = context_of(task.app)
     with log_context(event_id=event_id):
         context.queue.webhook_taken(event_id)
-        webhooks.deliver(event_id, context.settings, context.queue)
+        webhooks.deliver(event_id, context.settings, context.units)
 
 
 def _dispatch_due_forever(context: WorkerContext) -> None:
     """Send every pending webhook event that is due: retries, and sends whose enqueue was lost."""
     while True:
         try:
-            webhooks.dispatch_due(context.settings, context.queue)
+            webhooks.dispatch_due(context.units)
         except Exception:
             log.exception("webhook dispatcher pass failed")
         time.sleep(DISPATCH_INTERVAL_SECONDS)
@@ -114,7 +112,7 @@ def _load_model(**_: Any) -> None:
 def _start_heartbeat(
     context: WorkerContext, role: str, main_pid: int, leases_of: str | None = None
 ) -> None:
-    context.heartbeat = Heartbeat(context.settings, role, main_pid, leases_of)
+    context.heartbeat = Heartbeat(context.settings, context.units, role, main_pid, leases_of)
     context.heartbeat.start()
 
 
@@ -126,18 +124,19 @@ def _say_goodbye(**_: Any) -> None:
         heartbeat.stop()
 
 
-def _exit_when_stalled(settings: Settings) -> None:
+def _exit_when_stalled(context: WorkerContext) -> None:
     """In the Celery main process: exit once this worker's heartbeat went stale.
 
     The pool child beats only while it makes progress; a child stuck in a pass
     (or on the database) stops, and this ends the worker so whatever runs it
     (`serve`'s supervisor, a container's restart policy) starts a fresh one.
     """
+    settings = context.settings
     name = f"classify@{socket.gethostname()}:{os.getpid()}"
     while True:
         time.sleep(settings.heartbeat_interval_seconds)
         try:
-            with session_scope(settings, write=False) as session:
+            with context.units.scope(write=False) as session:
                 stalled = heartbeats.stale(session, name, settings.worker_stale_seconds)
         except Exception:  # the database is away: that is not this worker's stall
             continue
@@ -151,7 +150,7 @@ def _start_background_loops(**_: Any) -> None:
     context = context_of(celery_app)
     if context.role == "classify":
         start_main_beat()
-        _in_thread("stall-watch", _exit_when_stalled, context.settings)
+        _in_thread("stall-watch", _exit_when_stalled, context)
         _in_thread("reconciler", _reconcile_forever, context)
     else:
         _in_thread("dispatcher", _dispatch_due_forever, context)

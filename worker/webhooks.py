@@ -8,29 +8,27 @@ from __future__ import annotations
 
 from shared import outbox
 from shared.settings import Settings
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWorkFactory
 from shared.webhooks.delivery import Outcome, attempt, claim_event, due_events, record_attempt
 
 
-def deliver(
-    event_id: str, settings: Settings, queue: outbox.Sender | None = None
-) -> Outcome | None:
+def deliver(event_id: str, settings: Settings, units: UnitOfWorkFactory) -> Outcome | None:
     """One attempt for a due event; None when it is not due, already done, leased elsewhere,
     or waiting behind an earlier event of its job (which sends it on when it ends)."""
-    with session_scope(settings) as session:
-        claimed = claim_event(session, event_id, settings)
+    with units.scope() as unit:
+        claimed = claim_event(unit, event_id, settings)
     if claimed is None:
         return None
     done = attempt(claimed, settings)
-    with session_scope(settings, sender=queue) as session:
-        record_attempt(session, claimed, done)
+    with units.scope() as unit:
+        record_attempt(unit, claimed, done)
     return done.outcome
 
 
-def dispatch_due(settings: Settings, queue: outbox.Sender) -> int:
+def dispatch_due(units: UnitOfWorkFactory) -> int:
     """Enqueue every pending event that is due: retries, and sends whose enqueue was lost."""
-    with session_scope(settings, write=False, sender=queue) as session:
-        due = due_events(session)
+    with units.scope(write=False) as unit:
+        due = due_events(unit)
         for event_id in due:
-            outbox.add_event(session, event_id)
+            outbox.add_event(unit, event_id)
     return len(due)

@@ -8,12 +8,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import SettingsDep
+from api.deps import SettingsDep, UnitsDep
 from api.schemas import Health
 from shared import heartbeats
 from shared.db.session import PoolSize, engine_for
 from shared.settings import Settings
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWorkFactory
 
 router = APIRouter(tags=["health"])
 
@@ -25,11 +25,11 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-def readyz(settings: SettingsDep) -> JSONResponse:
+def readyz(settings: SettingsDep, units: UnitsDep) -> JSONResponse:
     """The database and the broker answer, and the workers that do the work are alive."""
     checks = {"database": _check_database(settings), "broker": _check_broker(settings)}
     if checks["database"] == "ok":
-        checks["workers"] = _check_workers(settings)
+        checks["workers"] = _check_workers(settings, units)
     ready = all(value == "ok" for value in checks.values())
     body = Health(status="ok" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
@@ -48,11 +48,11 @@ def _check_database(settings: Settings) -> str:
 ROLE_NAMES = {"classify": "classification worker", "webhooks": "webhook worker"}
 
 
-def _check_workers(settings: Settings) -> str:
+def _check_workers(settings: Settings, units: UnitOfWorkFactory) -> str:
     needed = ["classify"] + (["webhooks"] if settings.webhook_secret_list else [])
     try:
-        with session_scope(settings, write=False) as session:
-            alive = heartbeats.alive_counts(session, settings.worker_stale_seconds)
+        with units.scope(write=False) as unit:
+            alive = heartbeats.alive_counts(unit, settings.worker_stale_seconds)
     except Exception as exc:
         return f"error: {type(exc).__name__}"
     missing = [ROLE_NAMES[role] for role in needed if alive[role] == 0]

@@ -11,10 +11,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
 
 from api.auth import CallerDep
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import SessionDep, SettingsDep, StorageDep, UnitsDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared import unit_of_work
@@ -24,8 +23,7 @@ from shared.jobs import records as job_service
 from shared.jobs.documents import job_document
 from shared.jobs.intake import Upload
 from shared.jobs.submission import submit_job
-from shared.settings import Settings
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWork, UnitOfWorkFactory
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -129,7 +127,7 @@ def get(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
 def results(
     job_id: str,
     session: SessionDep,
-    settings: SettingsDep,
+    units: UnitsDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
@@ -144,7 +142,7 @@ def results(
     # The first page is read here, so a missing job (404) or a busy database (503) is
     # answered before the download's 200 goes out.
     first = _download_page(session, job_id, caller.owner, cursor=None)
-    items = _every_item(settings, job_id, caller.owner, first)
+    items = _every_item(units, job_id, caller.owner, first)
     if format is ResultFormat.CSV:
         return StreamingResponse(
             _csv_rows(items),
@@ -155,7 +153,7 @@ def results(
 
 
 def _download_page(
-    session: Session, job_id: str, owner: str | None, cursor: str | None
+    session: UnitOfWork, job_id: str, owner: str | None, cursor: str | None
 ) -> tuple[list[ItemOut], str | None]:
     """A page of the download as plain values, read while its session is open."""
     page = job_service.results_page(
@@ -165,7 +163,10 @@ def _download_page(
 
 
 def _every_item(
-    settings: Settings, job_id: str, owner: str | None, first: tuple[list[ItemOut], str | None]
+    units: UnitOfWorkFactory,
+    job_id: str,
+    owner: str | None,
+    first: tuple[list[ItemOut], str | None],
 ) -> Iterator[ItemOut]:
     """Every item of the job, each page read in its own short transaction.
 
@@ -177,8 +178,8 @@ def _every_item(
         yield from rows
         if cursor is None:
             return
-        with session_scope(settings, write=False) as session:
-            rows, cursor = _download_page(session, job_id, owner, cursor)
+        with units.scope(write=False) as unit:
+            rows, cursor = _download_page(unit, job_id, owner, cursor)
 
 
 def _csv_rows(items: Iterator[ItemOut]) -> Iterator[str]:

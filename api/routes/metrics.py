@@ -18,11 +18,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
-from api.deps import SettingsDep
+from api.deps import SettingsDep, UnitsDep
 from shared import heartbeats, metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, MetricCounter, utcnow
-from shared.settings import Settings
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWorkFactory
 
 router = APIRouter(tags=["health"])
 
@@ -39,19 +38,20 @@ COUNTER_LABEL = {
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
 )
-def prometheus_metrics(settings: SettingsDep) -> Response:
+def prometheus_metrics(settings: SettingsDep, units: UnitsDep) -> Response:
     """Jobs and items by final status, queue depth and age, batch and latency histograms."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(settings))
+    registry.register(DatabaseCollector(units, settings.worker_stale_seconds))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 class DatabaseCollector:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, units: UnitOfWorkFactory, stale_seconds: float) -> None:
+        self.units = units
+        self.stale_seconds = stale_seconds
 
     def collect(self) -> Iterator[Metric]:
-        with session_scope(self.settings, write=False) as session:
+        with self.units.scope(write=False) as session:
             rows = session.execute(
                 select(MetricCounter.name, MetricCounter.labels, MetricCounter.value)
             ).all()
@@ -68,7 +68,7 @@ class DatabaseCollector:
             oldest: datetime | None = session.scalar(
                 select(func.min(Item.created_at)).where(Item.status == ItemStatus.QUEUED)
             )
-            workers = heartbeats.alive_counts(session, self.settings.worker_stale_seconds)
+            workers = heartbeats.alive_counts(session, self.stale_seconds)
         stored = {(name, labels): value for name, labels, value in rows}
         yield from _counters(stored)
         yield from _histograms(stored)

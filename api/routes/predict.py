@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import CallerDep
@@ -21,12 +20,13 @@ from shared.jobs.intake import Upload, require_one_image
 from shared.jobs.submission import submit_job
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.unit_of_work import UnitOfWork
 
 router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
 
 
 def _submit(
-    session: Session,
+    session: UnitOfWork,
     storage: Storage,
     settings: Settings,
     upload: Upload | None,
@@ -40,7 +40,7 @@ def _submit(
     return submission.job.id
 
 
-def _only_item(session: Session, job_id: str) -> Item:
+def _only_item(session: UnitOfWork, job_id: str) -> Item:
     try:
         return session.scalars(select(Item).where(Item.job_id == job_id)).one()
     finally:

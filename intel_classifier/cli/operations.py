@@ -24,10 +24,12 @@ def migrate() -> None:
 def sweep() -> None:
     """Delete jobs past RETENTION_SECONDS and stored files with no job (workers do this too)."""
     from shared.storage import open_storage
+    from shared.unit_of_work import UnitOfWorkFactory
     from worker.maintenance import sweep as sweep_expired
 
     settings = get_settings()
-    report = sweep_expired(settings, open_storage(settings.resolved_storage_url))
+    storage = open_storage(settings.resolved_storage_url)
+    report = sweep_expired(settings, UnitOfWorkFactory(settings), storage)
     typer.echo(
         f"deleted {report.jobs} expired job(s), {report.orphans} orphaned upload folder(s), "
         f"{report.idempotency_keys} idempotency key(s), {report.batches} batch record(s)"
@@ -42,10 +44,10 @@ def alive(
     import socket
 
     from shared.heartbeats import alive_on_host
-    from shared.unit_of_work import session_scope
+    from shared.unit_of_work import UnitOfWorkFactory
 
     settings = get_settings()
-    with session_scope(settings, write=False) as session:
+    with UnitOfWorkFactory(settings).scope(write=False) as session:
         fine = alive_on_host(session, role, socket.gethostname(), settings.worker_stale_seconds)
     if not fine:
         typer.echo(f"no {role} worker on this host beat in {settings.worker_stale_seconds:g}s")

@@ -19,6 +19,7 @@ from shared.settings import get_settings
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+    from shared.unit_of_work import UnitOfWorkFactory
 
 
 @app.command()
@@ -131,6 +132,7 @@ def serve(
     from intel_classifier.supervisor import Supervisor
     from shared.db.migrate import upgrade
     from shared.process import die_with_parent
+    from shared.unit_of_work import UnitOfWorkFactory
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -152,12 +154,13 @@ def serve(
     # One machine: inference yields the CPU to the API, so uploads never wait on it.
     worker_env = {"WORKER_NICE": "10", **os.environ}
     supervisor = Supervisor(preexec=die_with_parent)
+    units = UnitOfWorkFactory(settings)
     command = [sys.executable, "-m", "intel_classifier"]
     supervisor.add(
         "worker",
         [*command, "worker", "--quiet"],
         worker_env,
-        stalled=lambda pid: _worker_stalled(settings, pid),
+        stalled=lambda pid: _worker_stalled(settings, units, pid),
     )
     supervisor.add("webhook worker", [*command, "webhooks", "--quiet"])
     supervisor.run_in_background()  # a worker that dies is started again, with backoff
@@ -181,16 +184,15 @@ def serve(
         typer.echo("stopped: the API and both workers", err=True)
 
 
-def _worker_stalled(settings: Settings, pid: int) -> bool:
+def _worker_stalled(settings: Settings, units: UnitOfWorkFactory, pid: int) -> bool:
     """The classify worker `pid` of this host beat once, then stopped: it makes no progress."""
     import socket
 
     from shared import heartbeats
-    from shared.unit_of_work import session_scope
 
     name = f"classify@{socket.gethostname()}:{pid}"
-    with session_scope(settings, write=False) as session:
-        return heartbeats.stale(session, name, settings.worker_stale_seconds)
+    with units.scope(write=False) as unit:
+        return heartbeats.stale(unit, name, settings.worker_stale_seconds)
 
 
 def announce_when_ready(settings: Settings, url: str) -> None:

@@ -13,10 +13,10 @@ import hmac
 import secrets
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
 
 from shared.db.models import ApiKey, utcnow
 from shared.errors import InvalidInput, NotFound, Unauthorized
+from shared.unit_of_work import UnitOfWork
 
 SCHEME = "ick"
 
@@ -28,7 +28,7 @@ def digest(key: str) -> str:
 MAX_WEIGHT = 1000
 
 
-def create_key(session: Session, name: str, weight: int = 1) -> tuple[ApiKey, str]:
+def create_key(session: UnitOfWork, name: str, weight: int = 1) -> tuple[ApiKey, str]:
     """A new key row and the key itself, which is shown once and never stored.
 
     `weight` is the key's share of the workers against other keys with work waiting.
@@ -48,11 +48,11 @@ def create_key(session: Session, name: str, weight: int = 1) -> tuple[ApiKey, st
     return row, key
 
 
-def list_keys(session: Session) -> list[ApiKey]:
+def list_keys(session: UnitOfWork) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
 
 
-def revoke_key(session: Session, ident: str) -> ApiKey:
+def revoke_key(session: UnitOfWork, ident: str) -> ApiKey:
     """Revoke by id, prefix or name; a name shared by several keys is refused as ambiguous."""
     rows = list(
         session.scalars(
@@ -71,7 +71,7 @@ def revoke_key(session: Session, ident: str) -> ApiKey:
     return row
 
 
-def authenticate(session: Session, authorization: str | None) -> ApiKey:
+def authenticate(session: UnitOfWork, authorization: str | None) -> ApiKey:
     """The live key an `Authorization: Bearer …` header names, or Unauthorized."""
     if not authorization:
         raise Unauthorized("this server requires an API key: send `Authorization: Bearer <key>`")

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from shared.settings import Settings
 
@@ -89,11 +89,6 @@ def forget_inherited_connections() -> None:
     """In a forked child: drop the parent's pooled connections without closing them."""
     for engine in _engines:
         engine.dispose(close=False)
-
-
-@lru_cache(maxsize=4)
-def session_factory(url: str, pool: PoolSize = PoolSize()) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url, pool), expire_on_commit=False)
 
 
 def begin_write(session: Session) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from shared.db.models import Item, ItemStatus, Job
+from shared.unit_of_work import UnitOfWork
 
 
-def class_summary(session: Session, job_id: str) -> dict[str, int]:
+def class_summary(session: UnitOfWork, job_id: str) -> dict[str, int]:
     rows = session.execute(
         select(Item.label, func.count())
         .where(Item.job_id == job_id, Item.status == ItemStatus.SUCCEEDED)
@@ -19,7 +19,7 @@ def class_summary(session: Session, job_id: str) -> dict[str, int]:
     return {str(label): int(count) for label, count in rows if label is not None}
 
 
-def job_document(session: Session, job: Job) -> dict[str, Any]:
+def job_document(session: UnitOfWork, job: Job) -> dict[str, Any]:
     """What `GET /jobs/{id}` answers, as JSON-ready values."""
     done = job.succeeded + job.failed + job.skipped
     return {

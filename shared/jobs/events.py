@@ -9,33 +9,32 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy.orm import Session
-
 from shared.db.models import Job, JobStatus, utcnow
 from shared.jobs.documents import job_document
+from shared.unit_of_work import UnitOfWork
 from shared.webhooks.events import FINAL_EVENTS, record_event
 
 
-def announce(session: Session, job: Job, event_type: str) -> None:
+def announce(session: UnitOfWork, job: Job, event_type: str) -> None:
     if not job.webhook_url:
         return
     session.flush()  # the document reads the items' latest state
     record_event(session, job, event_type, job_document(session, job))
 
 
-def announce_started(session: Session, jobs: list[Job]) -> None:
+def announce_started(session: UnitOfWork, jobs: list[Job]) -> None:
     for job in jobs:
         if "job.started" in (job.webhook_events or []):
             announce(session, job, "job.started")
 
 
-def announce_final(session: Session, job: Job) -> None:
+def announce_final(session: UnitOfWork, job: Job) -> None:
     status = JobStatus(job.status)
     if status in FINAL_EVENTS:
         announce(session, job, FINAL_EVENTS[status])
 
 
-def announce_progress(session: Session, job: Job, interval_seconds: float) -> None:
+def announce_progress(session: UnitOfWork, job: Job, interval_seconds: float) -> None:
     """At most one job.progress per interval, only for jobs that asked for it."""
     if "job.progress" not in (job.webhook_events or []) or JobStatus(job.status).is_final:
         return

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
-from sqlalchemy.orm import Session
 
 from shared.db.models import IdempotencyKey, Job, utcnow
 from shared.errors import Conflict, InvalidInput
 from shared.jobs.intake import Upload
+from shared.unit_of_work import UnitOfWork
 
 MAX_KEY_LENGTH = 255
 
@@ -54,7 +54,7 @@ def idempotency_request(
     return IdempotencyRequest(owner or "", key, request_digest(uploads, fields))
 
 
-def earlier_job(session: Session, request: IdempotencyRequest) -> Job | None:
+def earlier_job(session: UnitOfWork, request: IdempotencyRequest) -> Job | None:
     """The job this key already made, None if it is new; Conflict if it made another request's."""
     row = session.get(IdempotencyKey, (request.owner, request.key))
     if row is None:
@@ -73,7 +73,7 @@ def earlier_job(session: Session, request: IdempotencyRequest) -> Job | None:
     return job
 
 
-def remember(session: Session, request: IdempotencyRequest, job_id: str) -> None:
+def remember(session: UnitOfWork, request: IdempotencyRequest, job_id: str) -> None:
     session.add(
         IdempotencyKey(
             owner=request.owner,
@@ -85,7 +85,7 @@ def remember(session: Session, request: IdempotencyRequest, job_id: str) -> None
     )
 
 
-def forget_expired(session: Session, ttl_seconds: float, now: datetime | None = None) -> int:
+def forget_expired(session: UnitOfWork, ttl_seconds: float, now: datetime | None = None) -> int:
     cutoff = (now or utcnow()) - timedelta(seconds=ttl_seconds)
     deleted = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
     return int(deleted.rowcount or 0)  # type: ignore[attr-defined]

@@ -12,13 +12,13 @@ from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
-from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
 from shared.jobs.events import announce_progress, announce_started
 from shared.jobs.progress import refresh_job
 from shared.jobs.scheduling import pick_items
+from shared.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ItemResult:
 
 
 def claim_items(
-    session: Session,
+    session: UnitOfWork,
     limit: int,
     model_version: str,
     *,
@@ -76,7 +76,7 @@ def claim_items(
 
 
 def lease_items(
-    session: Session, ids: list[str], worker: str, lease_seconds: float
+    session: UnitOfWork, ids: list[str], worker: str, lease_seconds: float
 ) -> list[Claimed]:
     """Mark the picked items running, leased to `worker`; in the order they were picked."""
     if not ids:
@@ -106,7 +106,7 @@ def lease_items(
     ]
 
 
-def begin_pass(session: Session, ids: list[str], worker: str, lease_seconds: float) -> set[str]:
+def begin_pass(session: UnitOfWork, ids: list[str], worker: str, lease_seconds: float) -> set[str]:
     """Charge an attempt to the items about to be decoded and run; the ones still ours.
 
     An item whose job was cancelled since the claim (or that the reconciler took
@@ -128,7 +128,7 @@ def begin_pass(session: Session, ids: list[str], worker: str, lease_seconds: flo
     )
 
 
-def still_held(session: Session, ids: list[str], worker: str) -> set[str]:
+def still_held(session: UnitOfWork, ids: list[str], worker: str) -> set[str]:
     """Which of `ids` are still running under `worker`'s lease (not cancelled, not taken back)."""
     if not ids:
         return set()
@@ -141,7 +141,7 @@ def still_held(session: Session, ids: list[str], worker: str) -> set[str]:
     )
 
 
-def extend_leases(session: Session, worker: str, lease_seconds: float) -> int:
+def extend_leases(session: UnitOfWork, worker: str, lease_seconds: float) -> int:
     """A live worker that makes progress keeps what it holds: its leases run on."""
     result = session.execute(
         update(Item)
@@ -151,7 +151,7 @@ def extend_leases(session: Session, worker: str, lease_seconds: float) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def start_jobs(session: Session, job_ids: set[str], model_version: str) -> list[Job]:
+def start_jobs(session: UnitOfWork, job_ids: set[str], model_version: str) -> list[Job]:
     """Jobs still queued become running, with the model version that runs them."""
     starting = session.scalars(
         select(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED).with_for_update()
@@ -163,7 +163,7 @@ def start_jobs(session: Session, job_ids: set[str], model_version: str) -> list[
 
 
 def reuse_known_results(
-    session: Session, claimed: list[Claimed], model_version: str, *, worker: str
+    session: UnitOfWork, claimed: list[Claimed], model_version: str, *, worker: str
 ) -> tuple[list[Claimed], list[Claimed]]:
     """The reuse step a task runs: find known results, record them; (reused, still to run).
 
@@ -180,7 +180,7 @@ def reuse_known_results(
 
 
 def find_known_results(
-    session: Session, claimed: list[Claimed], model_version: str
+    session: UnitOfWork, claimed: list[Claimed], model_version: str
 ) -> list[ItemResult]:
     """Results this model version already made for the same bytes of the same owner.
 
@@ -229,7 +229,7 @@ def find_known_results(
 
 
 def record_results(
-    session: Session,
+    session: UnitOfWork,
     results: list[ItemResult],
     *,
     worker: str,
@@ -254,7 +254,7 @@ def record_results(
 
 
 def write_item_results(
-    session: Session,
+    session: UnitOfWork,
     results: list[ItemResult],
     inference_ms: float,
     batch_id: str | None,
@@ -321,7 +321,7 @@ def write_item_results(
 
 
 def record_batch(
-    session: Session,
+    session: UnitOfWork,
     batch_id: str,
     written: list[ItemResult],
     *,
@@ -344,14 +344,14 @@ def record_batch(
     metrics.observe(session, metrics.BATCH_INFERENCE_SECONDS, inference_ms / 1000)
 
 
-def count_finished_items(session: Session, written: list[ItemResult]) -> None:
+def count_finished_items(session: UnitOfWork, written: list[ItemResult]) -> None:
     failed = sum(r.error is not None for r in written)
     metrics.items_finished(session, ItemStatus.FAILED, failed)
     metrics.items_finished(session, ItemStatus.SUCCEEDED, len(written) - failed)
 
 
 def settle_jobs(
-    session: Session, written: list[ItemResult], progress_interval_seconds: float
+    session: UnitOfWork, written: list[ItemResult], progress_interval_seconds: float
 ) -> None:
     """Recount each touched job, send its progress event, observe its items' latency."""
     per_job = Counter(r.job_id for r in written)
@@ -364,13 +364,13 @@ def settle_jobs(
             metrics.observe(session, metrics.ITEM_LATENCY_SECONDS, latency, per_job[job_id])
 
 
-def queued_beyond(session: Session, count: int) -> bool:
+def queued_beyond(session: UnitOfWork, count: int) -> bool:
     """Whether more than `count` items wait in the queue, whoever they belong to."""
     waiting = select(Item.id).where(Item.status == ItemStatus.QUEUED).limit(count + 1).subquery()
     return int(session.scalar(select(func.count()).select_from(waiting)) or 0) > count
 
 
-def queued_count(session: Session, job_id: str) -> int:
+def queued_count(session: UnitOfWork, job_id: str) -> int:
     return int(
         session.scalar(
             select(func.count()).where(Item.job_id == job_id, Item.status == ItemStatus.QUEUED)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from shared import metrics, outbox
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
 from shared.jobs.events import announce_final
+from shared.unit_of_work import UnitOfWork
 
 
 def final_status(succeeded: int, failed: int) -> JobStatus:
@@ -18,7 +18,7 @@ def final_status(succeeded: int, failed: int) -> JobStatus:
     return JobStatus.PARTIALLY_SUCCEEDED
 
 
-def failure_summary(session: Session, job: Job) -> str:
+def failure_summary(session: UnitOfWork, job: Job) -> str:
     """Why a job that classified nothing failed: its first item's reason, and how many."""
     first = session.scalar(
         select(Item.error)
@@ -30,7 +30,7 @@ def failure_summary(session: Session, job: Job) -> str:
     return f"no image could be classified: {first or 'every item failed'}{others}"
 
 
-def refresh_job(session: Session, job_id: str) -> Job | None:
+def refresh_job(session: UnitOfWork, job_id: str) -> Job | None:
     """Lock the job row, recount its items and settle its status; idempotent.
 
     The row lock serialises workers finishing the last items of one job, so the

@@ -10,22 +10,21 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.orm import Session
 
 from shared import metrics, outbox, unit_of_work
 from shared.db.models import Item, ItemStatus, Job, JobSource, JobStatus, WebhookEvent, utcnow
-from shared.db.session import begin_write
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.jobs.events import announce_final
 from shared.jobs.intake import StagedItem, storage_prefix
 from shared.jobs.progress import refresh_job
 from shared.storage import Storage
 from shared.text_rules import unstorable
+from shared.unit_of_work import UnitOfWork
 from shared.webhooks import delivery
 
 
 def create_job(
-    session: Session,
+    session: UnitOfWork,
     job_id: str,
     staged: list[StagedItem],
     *,
@@ -75,7 +74,7 @@ def create_job(
     return job
 
 
-def get_job(session: Session, job_id: str, owner: str | None = None) -> Job:
+def get_job(session: UnitOfWork, job_id: str, owner: str | None = None) -> Job:
     """The job, if `owner` may see it (None: any job; a server without keys).
 
     Another key's job is answered exactly like a missing one, so ids cannot be probed.
@@ -128,7 +127,7 @@ def _job_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_jobs(
-    session: Session,
+    session: UnitOfWork,
     *,
     owner: str | None,
     status: str | None,
@@ -155,7 +154,7 @@ def list_jobs(
 
 
 def results_page(
-    session: Session, job_id: str, *, owner: str | None, limit: int, cursor: str | None
+    session: UnitOfWork, job_id: str, *, owner: str | None, limit: int, cursor: str | None
 ) -> Page:
     get_job(session, job_id, owner)
     after = decode_cursor(cursor, int)[0] if cursor else -1
@@ -174,8 +173,8 @@ def results_page(
     return Page(items, encode_cursor([items[-1].position]) if more else None)
 
 
-def cancel_job(session: Session, job_id: str, owner: str | None) -> Job:
-    begin_write(session)
+def cancel_job(session: UnitOfWork, job_id: str, owner: str | None) -> Job:
+    session.begin_write()
     job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
     if job is None or (owner is not None and job.owner_id != owner):
         raise NotFound(f"no job with id {job_id!r}")
@@ -199,8 +198,8 @@ def cancel_job(session: Session, job_id: str, owner: str | None) -> Job:
     return job
 
 
-def delete_job(session: Session, storage: Storage, job_id: str, owner: str | None) -> None:
-    begin_write(session)
+def delete_job(session: UnitOfWork, storage: Storage, job_id: str, owner: str | None) -> None:
+    session.begin_write()
     get_job(session, job_id, owner)
     session.execute(delete(Item).where(Item.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
@@ -209,8 +208,8 @@ def delete_job(session: Session, storage: Storage, job_id: str, owner: str | Non
     unit_of_work.after_commit(session, lambda: storage.delete_prefix(storage_prefix(job_id)))
 
 
-def redeliver_final_event(session: Session, job_id: str, owner: str | None) -> WebhookEvent:
+def redeliver_final_event(session: UnitOfWork, job_id: str, owner: str | None) -> WebhookEvent:
     """Send the caller's job's final event again (`shared.webhooks.delivery`)."""
-    begin_write(session)
+    session.begin_write()
     get_job(session, job_id, owner)
     return delivery.redeliver_final_event(session, job_id)

@@ -12,14 +12,14 @@ from collections import Counter
 from datetime import timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
-from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
 from shared.jobs.progress import refresh_job
+from shared.unit_of_work import UnitOfWork
 
 
-def release(session: Session, ids: list[str], worker: str, max_attempts: int) -> list[str]:
+def release(session: UnitOfWork, ids: list[str], worker: str, max_attempts: int) -> list[str]:
     """Give back what `worker` still holds of `ids` (a task that ends early); their jobs.
 
     Items not yet in a pass go back as they were; items in one were charged and
@@ -32,7 +32,7 @@ def release(session: Session, ids: list[str], worker: str, max_attempts: int) ->
 
 
 def take_back(
-    session: Session, held: tuple[ColumnElement[bool], ...], max_attempts: int
+    session: UnitOfWork, held: tuple[ColumnElement[bool], ...], max_attempts: int
 ) -> list[str]:
     """Put running items matching `held` back in the queue; the jobs they belong to.
 
@@ -78,7 +78,7 @@ def take_back(
     return sorted(jobs)
 
 
-def requeue_stale(session: Session, older_than_seconds: float, max_attempts: int) -> list[str]:
+def requeue_stale(session: UnitOfWork, older_than_seconds: float, max_attempts: int) -> list[str]:
     """Recover from lost workers and lost messages; returns the jobs to enqueue again.
 
     Items whose lease ran out (their worker died or stalled, so it stopped

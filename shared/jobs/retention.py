@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
 
 from shared import unit_of_work
 from shared.db.models import Batch, Item, Job
-from shared.db.session import begin_write
 from shared.jobs.idempotency import forget_expired
 from shared.jobs.intake import storage_prefix
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.unit_of_work import UnitOfWork
 
 JOBS_PER_PASS = 500
 
@@ -34,11 +33,11 @@ class SweepReport:
 
 
 def delete_expired_jobs(
-    session: Session, storage: Storage, retention_seconds: float, now: datetime
+    session: UnitOfWork, storage: Storage, retention_seconds: float, now: datetime
 ) -> int:
     """Up to JOBS_PER_PASS jobs finished before the retention cutoff, with their items and files."""
     cutoff = now - timedelta(seconds=retention_seconds)
-    begin_write(session)
+    session.begin_write()
     job_ids = list(
         session.scalars(
             select(Job.id)
@@ -61,7 +60,7 @@ def delete_expired_jobs(
 
 
 def delete_orphaned_files(
-    session: Session, storage: Storage, grace_seconds: float, now: datetime
+    session: UnitOfWork, storage: Storage, grace_seconds: float, now: datetime
 ) -> int:
     """Files whose job was never committed (an API killed mid-upload) or is gone."""
     cutoff = now - timedelta(seconds=grace_seconds)
@@ -83,9 +82,9 @@ class Forgotten:
     batches: int
 
 
-def forget_old_records(session: Session, settings: Settings, now: datetime) -> Forgotten:
+def forget_old_records(session: UnitOfWork, settings: Settings, now: datetime) -> Forgotten:
     """Idempotency keys past IDEMPOTENCY_TTL_SECONDS and batch records past retention."""
-    begin_write(session)
+    session.begin_write()
     keys = forget_expired(session, settings.idempotency_ttl_seconds, now)
     cutoff = now - timedelta(seconds=settings.retention_seconds)
     batches = session.execute(delete(Batch).where(Batch.created_at < cutoff)).rowcount  # type: ignore[attr-defined]

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, exists, func, select
-from sqlalchemy.orm import Session
 
 from shared.db.models import (
     ApiKey,
@@ -40,6 +39,7 @@ from shared.db.models import (
     SchedulerClock,
     TenantShare,
 )
+from shared.unit_of_work import UnitOfWork
 
 ANONYMOUS = "anonymous"  # the tenant of callers without a key; no key id looks like it
 # The one message that wakes a worker for the lane (no job id looks like it).
@@ -63,7 +63,7 @@ class Tenant:
 
 
 def pick_items(
-    session: Session,
+    session: UnitOfWork,
     limit: int,
     *,
     cap_per_tenant: int = 0,
@@ -88,7 +88,7 @@ def pick_items(
     return _pick_fairly(session, clock, limit, JobSource.JOBS, cap_per_tenant, in_flight)
 
 
-def lane_waiting(session: Session) -> bool:
+def lane_waiting(session: UnitOfWork) -> bool:
     """Whether a /predict item is queued: a cheap look, without the clock's lock."""
     waiting = session.scalar(
         select(Item.id)
@@ -103,7 +103,7 @@ def lane_waiting(session: Session) -> bool:
     return waiting is not None
 
 
-def _lock_clock(session: Session) -> SchedulerClock:
+def _lock_clock(session: UnitOfWork) -> SchedulerClock:
     clock = session.scalars(
         select(SchedulerClock).where(SchedulerClock.id == CLOCK_ID).with_for_update()
     ).one_or_none()
@@ -115,7 +115,7 @@ def _lock_clock(session: Session) -> SchedulerClock:
 
 
 def _pick_fairly(
-    session: Session,
+    session: UnitOfWork,
     clock: SchedulerClock,
     limit: int,
     source: JobSource,
@@ -173,7 +173,7 @@ _UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def _tenants_with_work(
-    session: Session,
+    session: UnitOfWork,
     source: JobSource,
     virtual_time: float,
     cap_per_tenant: int,
@@ -204,7 +204,7 @@ def _tenants_with_work(
 
 
 def _next_items_of(
-    session: Session, owner_id: str | None, source: JobSource, count: int
+    session: UnitOfWork, owner_id: str | None, source: JobSource, count: int
 ) -> list[str]:
     """The tenant's next `count` queued items: its oldest job's first, each job's in order."""
     owner = Job.owner_id.is_(None) if owner_id is None else Job.owner_id == owner_id
@@ -228,7 +228,7 @@ def _next_items_of(
     return ids
 
 
-def _pick_suspect(session: Session) -> str | None:
+def _pick_suspect(session: UnitOfWork) -> str | None:
     """The oldest queued item that runs alone (its worker died while it was in a pass)."""
     return session.scalars(
         select(Item.id)
@@ -239,7 +239,7 @@ def _pick_suspect(session: Session) -> str | None:
     ).first()
 
 
-def _running_per_tenant(session: Session) -> dict[str | None, int]:
+def _running_per_tenant(session: UnitOfWork) -> dict[str | None, int]:
     rows = session.execute(
         select(Job.owner_id, func.count())
         .select_from(Item)
@@ -250,7 +250,7 @@ def _running_per_tenant(session: Session) -> dict[str | None, int]:
     return {owner: int(count) for owner, count in rows}
 
 
-def _save_tallies(session: Session, tenants: list[Tenant]) -> None:
+def _save_tallies(session: UnitOfWork, tenants: list[Tenant]) -> None:
     for tenant in tenants:
         share = session.get(TenantShare, tenant.key)
         if share is None:

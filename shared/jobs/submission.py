@@ -6,11 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from shared import metrics, outbox, unit_of_work
 from shared.db.models import Job, JobSource, new_id
-from shared.db.session import begin_write
 from shared.errors import InvalidInput, LimitExceeded
 from shared.jobs.idempotency import earlier_job, idempotency_request, remember
 from shared.jobs.intake import Upload, stage_uploads, storage_prefix
@@ -19,6 +17,7 @@ from shared.jobs.scheduling import LANE_WAKE_UP
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.text_rules import parse_json_object
+from shared.unit_of_work import UnitOfWork
 from shared.webhooks.events import parse_event_names
 from shared.webhooks.guard import check_webhook_url, parse_networks
 
@@ -55,7 +54,7 @@ class Submission:
 
 
 def submit_job(
-    session: Session,
+    session: UnitOfWork,
     storage: Storage,
     settings: Settings,
     uploads: list[Upload],
@@ -84,7 +83,7 @@ def submit_job(
     job_id = new_id()
     staged = stage_uploads(uploads, job_id, storage, settings)
     unit_of_work.on_rollback(session, lambda: storage.delete_prefix(storage_prefix(job_id)))
-    begin_write(session)
+    session.begin_write()
     if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
         storage.delete_prefix(storage_prefix(job_id))
         return Submission(job, replayed=True)

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import aliased
 
 from shared import metrics, outbox
 from shared.db.models import WebhookAttempt, WebhookEvent, WebhookEventStatus, utcnow
 from shared.errors import Conflict, InvalidInput, RateLimited, describe
 from shared.settings import Settings
+from shared.unit_of_work import UnitOfWork
 from shared.webhooks.events import FINAL_EVENTS
 from shared.webhooks.guard import Unresolvable, loggable_url, parse_networks
 from shared.webhooks.sender import Reply, post
@@ -72,7 +73,7 @@ def _first_pending_of_its_job() -> ColumnElement[bool]:
     )
 
 
-def claim_event(session: Session, event_id: str, settings: Settings) -> Claimed | None:
+def claim_event(session: UnitOfWork, event_id: str, settings: Settings) -> Claimed | None:
     """Lease a due event for one attempt; None when it is not due, already done, leased,
     or waiting behind an earlier event of its job."""
     lease = timedelta(seconds=settings.webhook_timeout_seconds + 30)
@@ -130,7 +131,7 @@ def attempt(event: Claimed, settings: Settings) -> Attempt:
     return Attempt(outcome, attempted_at, duration_ms)
 
 
-def record_attempt(session: Session, event: Claimed, done: Attempt) -> None:
+def record_attempt(session: UnitOfWork, event: Claimed, done: Attempt) -> None:
     """Write the attempt, then schedule the next one or end the event; releases the lease."""
     outcome = done.outcome
     session.add(
@@ -164,7 +165,7 @@ def record_attempt(session: Session, event: Claimed, done: Attempt) -> None:
         _send_next_of_job(session, event.job_id)
 
 
-def _send_next_of_job(session: Session, job_id: str) -> None:
+def _send_next_of_job(session: UnitOfWork, job_id: str) -> None:
     """The event that waited behind this one goes out after the commit, not a second later."""
     following = session.scalars(
         select(WebhookEvent.id)
@@ -212,7 +213,7 @@ def _retry_after(response: Reply | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def due_events(session: Session, limit: int = 200) -> list[str]:
+def due_events(session: UnitOfWork, limit: int = 200) -> list[str]:
     """Pending events whose time has come and which no delivery holds."""
     now = utcnow()
     return list(
@@ -230,7 +231,7 @@ def due_events(session: Session, limit: int = 200) -> list[str]:
     )
 
 
-def _limit_redelivery(session: Session, event: WebhookEvent) -> None:
+def _limit_redelivery(session: UnitOfWork, event: WebhookEvent) -> None:
     """One redelivery per event per REDELIVER_INTERVAL_SECONDS: a client cannot turn the
     webhook worker into a load generator against a receiver, its own or another's."""
     now = utcnow()
@@ -248,7 +249,7 @@ def _limit_redelivery(session: Session, event: WebhookEvent) -> None:
         )
 
 
-def redeliver_final_event(session: Session, job_id: str) -> WebhookEvent:
+def redeliver_final_event(session: UnitOfWork, job_id: str) -> WebhookEvent:
     """Send a job's final event again, with the same webhook-id and a fresh retry schedule.
 
     The caller has begun a write transaction and checked the job is the caller's

@@ -15,11 +15,10 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from shared import outbox
 from shared.db.models import Job, JobStatus, WebhookEvent, WebhookEventStatus, utcnow
 from shared.errors import InvalidInput
+from shared.unit_of_work import UnitOfWork
 
 FINAL_EVENTS = {
     JobStatus.SUCCEEDED: "job.succeeded",
@@ -42,7 +41,7 @@ def parse_event_names(raw: str | None) -> list[str]:
 
 
 def record_event(
-    session: Session, job: Job, event_type: str, document: dict[str, Any]
+    session: UnitOfWork, job: Job, event_type: str, document: dict[str, Any]
 ) -> WebhookEvent | None:
     """An event row for `job`'s webhook carrying `document`, sent after the commit."""
     if not job.webhook_url:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from shared import outbox, unit_of_work
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus, new_id, utcnow
 from shared.settings import Settings
+from shared.unit_of_work import UnitOfWork, UnitOfWorkFactory
 
 
 class Recorder:
@@ -21,7 +21,7 @@ class Recorder:
 
     def enqueue(self, job_id: str) -> bool:
         # What a worker receiving the message would find: the job must be committed.
-        with unit_of_work.session_scope(self.settings, write=False) as session:
+        with UnitOfWorkFactory(self.settings).scope(write=False) as session:
             self.seen.append((job_id, session.get(Job, job_id) is not None))
         return True
 
@@ -39,7 +39,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(database_url=url)
 
 
-def _add_job(session: Session) -> str:
+def _add_job(session: UnitOfWork) -> str:
     job_id = new_id()
     session.add(Job(id=job_id, status=JobStatus.QUEUED, created_at=utcnow()))
     session.flush()
@@ -50,7 +50,7 @@ def _add_job(session: Session) -> str:
 def test_messages_and_actions_follow_the_commit(settings: Settings) -> None:
     seen: list[tuple[str, bool]] = []
     done: list[str] = []
-    with unit_of_work.session_scope(settings, sender=Recorder(seen, settings)) as session:
+    with UnitOfWorkFactory(settings, sender=Recorder(seen, settings)).scope() as session:
         job_id = _add_job(session)
         unit_of_work.after_commit(session, lambda: done.append("after commit"))
         unit_of_work.on_rollback(session, lambda: done.append("on rollback"))
@@ -65,7 +65,7 @@ def test_a_rollback_sends_nothing_and_undoes_what_it_staged(settings: Settings) 
     job_ids: list[str] = []
 
     def fail_midway() -> None:
-        with unit_of_work.session_scope(settings, sender=Recorder(seen, settings)) as session:
+        with UnitOfWorkFactory(settings, sender=Recorder(seen, settings)).scope() as session:
             job_ids.append(_add_job(session))
             unit_of_work.after_commit(session, lambda: done.append("after commit"))
             unit_of_work.on_rollback(session, lambda: done.append("on rollback"))
@@ -76,7 +76,7 @@ def test_a_rollback_sends_nothing_and_undoes_what_it_staged(settings: Settings) 
     (job_id,) = job_ids
     assert seen == []
     assert done == ["on rollback"]
-    with unit_of_work.session_scope(settings, write=False) as session:
+    with UnitOfWorkFactory(settings).scope(write=False) as session:
         assert session.scalars(select(Job).where(Job.id == job_id)).all() == []
 
 
@@ -84,11 +84,11 @@ def test_messages_without_a_sender_fail_before_anything_is_written(settings: Set
     job_ids: list[str] = []
 
     def commit_without_sender() -> None:
-        with unit_of_work.session_scope(settings) as session:
+        with UnitOfWorkFactory(settings).scope() as session:
             job_ids.append(_add_job(session))
 
     with pytest.raises(RuntimeError, match="no sender"):
         commit_without_sender()
     (job_id,) = job_ids
-    with unit_of_work.session_scope(settings, write=False) as session:
+    with UnitOfWorkFactory(settings).scope(write=False) as session:
         assert session.get(Job, job_id) is None

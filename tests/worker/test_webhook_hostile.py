@@ -24,7 +24,7 @@ from sqlalchemy import select
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus, WebhookAttempt, WebhookEvent, new_id, utcnow
 from shared.settings import Settings
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWorkFactory
 from shared.webhooks.delivery import Outcome
 from worker.webhooks import deliver
 
@@ -152,7 +152,7 @@ def settings(tmp_path: Path) -> Settings:
 
 def event_for(settings: Settings, url: str) -> str:
     job_id, event_id = new_id(), f"msg_{new_id().replace('-', '')}"
-    with session_scope(settings) as session:
+    with UnitOfWorkFactory(settings).scope() as session:
         session.add(
             Job(id=job_id, status=JobStatus.CANCELLED, created_at=utcnow(), webhook_url=url)
         )
@@ -174,7 +174,7 @@ def event_for(settings: Settings, url: str) -> str:
 
 
 def attempts_of(settings: Settings, event_id: str) -> list[WebhookAttempt]:
-    with session_scope(settings, write=False) as session:
+    with UnitOfWorkFactory(settings).scope(write=False) as session:
         return list(
             session.scalars(select(WebhookAttempt).where(WebhookAttempt.event_id == event_id))
         )
@@ -196,7 +196,13 @@ def test_slow_drip_endless_body_and_gzip_bomb_end_in_bounded_time_and_memory(
     tracemalloc.start()  # peak Python allocations: independent of what this process did before
     with ThreadPoolExecutor(4) as pool:  # the webhook worker's threads
         outcomes: dict[str, Outcome | None] = dict(
-            zip(events, pool.map(lambda e: deliver(e, settings), events.values()), strict=True)
+            zip(
+                events,
+                pool.map(
+                    lambda e: deliver(e, settings, UnitOfWorkFactory(settings)), events.values()
+                ),
+                strict=True,
+            )
         )
     peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
@@ -235,7 +241,11 @@ def test_the_sender_connects_only_to_the_address_the_guard_approved(
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     allowed = settings.model_copy(update={"webhook_allowed_networks": "127.0.0.2/32"})
-    outcome = deliver(event_for(settings, f"http://rebind.test:{approved.port}/hook"), allowed)
+    outcome = deliver(
+        event_for(settings, f"http://rebind.test:{approved.port}/hook"),
+        allowed,
+        UnitOfWorkFactory(allowed),
+    )
     assert outcome is not None
     assert outcome.status == "delivered"
     assert (approved.hits, internal.hits) == (1, 0)
@@ -252,14 +262,18 @@ def test_a_dns_failure_is_retried_and_a_refused_address_is_final(
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", flaky)
-    retried = deliver(event_for(settings, "http://flaky.test/hook"), settings)
+    retried = deliver(
+        event_for(settings, "http://flaky.test/hook"), settings, UnitOfWorkFactory(settings)
+    )
     assert retried is not None
     assert retried.status == "pending"
     assert retried.retry_in_seconds is not None
     assert "does not resolve" in (retried.error or "")
 
     private = settings.model_copy(update={"webhook_allowed_networks": ""})
-    refused = deliver(event_for(settings, "http://127.0.0.1:9/hook"), private)
+    refused = deliver(
+        event_for(settings, "http://127.0.0.1:9/hook"), private, UnitOfWorkFactory(private)
+    )
     assert refused is not None
     assert refused.status == "failed"
     assert refused.retry_in_seconds is None
@@ -270,7 +284,7 @@ def test_a_url_neither_side_can_parse_becomes_a_recorded_final_attempt(settings:
     event_id = event_for(
         settings, "http://127.0.0.1:9/a\x01b"
     )  # stored before the guard knew better
-    outcome = deliver(event_id, settings)
+    outcome = deliver(event_id, settings, UnitOfWorkFactory(settings))
     assert outcome is not None
     assert outcome.status == "failed"
     [attempt] = attempts_of(settings, event_id)

@@ -15,7 +15,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text, update
-from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.access.keys import create_key
@@ -49,7 +48,7 @@ from shared.jobs.records import cancel_job, create_job
 from shared.jobs.recovery import release, requeue_stale
 from shared.settings import Settings
 from shared.storage import LocalStorage
-from shared.unit_of_work import session_scope
+from shared.unit_of_work import UnitOfWork, UnitOfWorkFactory
 from shared.webhooks.delivery import Attempt, Outcome, claim_event, due_events, record_attempt
 from worker.maintenance import sweep
 
@@ -95,8 +94,8 @@ class RecordingSender:
 SENT = RecordingSender()
 
 
-def scope(write: bool = True) -> AbstractContextManager[Session]:
-    return session_scope(SETTINGS, write, sender=SENT)
+def scope(write: bool = True) -> AbstractContextManager[UnitOfWork]:
+    return UnitOfWorkFactory(SETTINGS, sender=SENT).scope(write)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -133,7 +132,7 @@ def test_migration_matches_the_models_and_round_trips(database: str) -> None:
     assert set(inspect(engine).get_table_names()) >= TABLES
 
 
-def claim(session: Session, limit: int, version: str = "v1", worker: str = "w") -> list[Claimed]:
+def claim(session: UnitOfWork, limit: int, version: str = "v1", worker: str = "w") -> list[Claimed]:
     return claim_items(session, limit, version, worker=worker, lease_seconds=60)
 
 
@@ -509,7 +508,7 @@ def test_known_results_are_reused_only_within_their_owner(database: str) -> None
     assert {c.job_id for c in to_run} == {other_owner, anonymous}
 
 
-def _finished_job(session: Session, storage: LocalStorage, finished_ago: timedelta) -> str:
+def _finished_job(session: UnitOfWork, storage: LocalStorage, finished_ago: timedelta) -> str:
     job_id = new_id()
     staged = [StagedItem(new_id(), 0, "a.jpg", 3, None, f"{job_id}/x", None)]
     storage.put(f"{job_id}/x", io.BytesIO(b"abc"))
@@ -544,7 +543,7 @@ def test_retention_deletes_old_jobs_with_everything_they_own(database: str, tmp_
         expired_job = session.get(Job, expired)
         assert expired_job is not None
         metrics.job_finished(session, expired_job)
-    report = sweep(settings, storage)
+    report = sweep(settings, UnitOfWorkFactory(settings), storage)
     assert report.jobs == 1
     with scope(write=False) as session:
         assert {j.id for j in session.scalars(select(Job))} == {recent, running.id}
@@ -582,7 +581,7 @@ def test_sweep_removes_orphaned_files_and_expired_idempotency_keys(
                 )
             )
     os.utime(tmp_path / "uploads" / kept, (two_hours_ago, two_hours_ago))
-    report = sweep(settings, storage)
+    report = sweep(settings, UnitOfWorkFactory(settings), storage)
     assert (report.orphans, report.idempotency_keys) == (1, 1)
     assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == sorted(
         [kept, "orphan-young"]

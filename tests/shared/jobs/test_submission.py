@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from shared import unit_of_work
 from shared.db.migrate import upgrade
 from shared.db.models import Item, Job
 from shared.errors import InvalidInput
@@ -16,6 +15,7 @@ from shared.jobs.intake import Upload
 from shared.jobs.submission import submit_job
 from shared.settings import Settings
 from shared.storage import LocalStorage
+from shared.unit_of_work import UnitOfWorkFactory
 from tests.conftest import image_bytes, zip_bytes
 
 
@@ -61,13 +61,13 @@ def test_the_job_and_its_message_come_with_the_commit(
     settings: Settings, storage: LocalStorage
 ) -> None:
     sent = Sent()
-    with unit_of_work.session_scope(settings, write=False, sender=sent) as session:
+    with UnitOfWorkFactory(settings, sender=sent).scope(write=False) as session:
         submission = submit_job(session, storage, settings, photos(), metadata='{"batch": 7}')
         assert sent.jobs == []  # nothing goes out before the commit
         job_id = submission.job.id
     assert sent.jobs == [job_id]
     assert len(files_of(storage)) == 2
-    with unit_of_work.session_scope(settings, write=False) as session:
+    with UnitOfWorkFactory(settings).scope(write=False) as session:
         job = session.get(Job, job_id)
         assert job is not None
         assert (job.total, job.client_metadata) == (2, {"batch": 7})
@@ -82,7 +82,7 @@ def test_a_submission_that_does_not_commit_leaves_no_files_and_sends_nothing(
     stored_before_the_end: list[int] = []
 
     def submit_then_fail() -> None:
-        with unit_of_work.session_scope(settings, write=False, sender=sent) as session:
+        with UnitOfWorkFactory(settings, sender=sent).scope(write=False) as session:
             submit_job(session, storage, settings, photos())
             stored_before_the_end.append(len(files_of(storage)))
             raise RuntimeError("client went away")
@@ -99,7 +99,7 @@ def test_an_idempotent_replay_answers_with_the_first_job_and_keeps_no_second_cop
 ) -> None:
     answers = []
     for _ in range(2):
-        with unit_of_work.session_scope(settings, write=False, sender=Sent()) as session:
+        with UnitOfWorkFactory(settings, sender=Sent()).scope(write=False) as session:
             submission = submit_job(
                 session, storage, settings, photos(), idempotency_key="k-1", owner_id=None
             )
@@ -114,7 +114,7 @@ def test_fields_are_checked_before_anything_is_stored(
     settings: Settings, storage: LocalStorage
 ) -> None:
     with (
-        unit_of_work.session_scope(settings, write=False, sender=Sent()) as session,
+        UnitOfWorkFactory(settings, sender=Sent()).scope(write=False) as session,
         pytest.raises(InvalidInput, match="metadata"),
     ):
         submit_job(session, storage, settings, photos(), metadata="[1, 2]")
