@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.errors import DATABASE_ERRORS, database_error_response, error_response
 from shared.access.keys import authenticate
 from shared.access.ratelimit import check_job_rate
-from shared.errors import AppError, RateLimited
+from shared.errors import AppError, RateLimited, Unauthorized
 from shared.settings import Settings
 from shared.unit_of_work import UnitOfWorkFactory
 
@@ -91,8 +91,20 @@ class Authentication:
 
 
 def _key_id(units: UnitOfWorkFactory, header: str) -> str:
+    key = bearer_key(header)
     with units.scope(write=False) as unit:
-        return authenticate(unit, header or None).id
+        return authenticate(unit, key).id
+
+
+def bearer_key(authorization: str) -> str:
+    """The key an `Authorization: Bearer <key>` header carries, or Unauthorized."""
+    if not authorization:
+        raise Unauthorized("this server requires an API key: send `Authorization: Bearer <key>`")
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthorized("the Authorization header must read `Bearer <key>`")
+    return key
 
 
 def _client_address(scope: Scope) -> str:

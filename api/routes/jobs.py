@@ -15,13 +15,13 @@ from fastapi.responses import StreamingResponse
 from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep, UnitsDep
 from api.errors import ERROR_RESPONSES
+from api.forms import job_fields, job_uploads
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared import unit_of_work
 from shared.classifier.labels import CLASSES
 from shared.db.models import Job, JobSource, JobStatus
 from shared.jobs import records as job_service
 from shared.jobs.documents import job_document
-from shared.jobs.intake import Upload
 from shared.jobs.submission import submit_job
 from shared.unit_of_work import UnitOfWork, UnitOfWorkFactory
 
@@ -40,11 +40,6 @@ class ResultFormat(StrEnum):
 
 def job_out(session: SessionDep, job: Job) -> JobOut:
     return JobOut.model_validate(job_document(session, job))
-
-
-def uploads_of(file: UploadFile | None, files: list[UploadFile] | None) -> list[Upload]:
-    parts = ([file] if file is not None else []) + list(files or [])
-    return [Upload(part.filename or "upload", part.file) for part in parts]
 
 
 @router.post(
@@ -78,16 +73,22 @@ def create(
     ] = None,
 ) -> JobOut:
     """Upload one image, a zip of images, or several; classification happens in the background."""
+    fields = job_fields(
+        settings.max_form_field_bytes,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
+        metadata=metadata,
+    )
     submission = submit_job(
         session,
         storage,
         settings,
-        uploads_of(file, files),
+        job_uploads(file, files),
         owner_id=caller.key_id,
         idempotency_key=idempotency_key,
-        webhook_url=webhook_url,
-        webhook_events=webhook_events,
-        metadata=metadata,
+        webhook_url=fields.webhook_url,
+        webhook_events=fields.webhook_events,
+        metadata=fields.metadata,
     )
     unit_of_work.commit(session)
     response.headers["Location"] = f"/jobs/{submission.job.id}"

@@ -11,12 +11,12 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep, WaitersDep
 from api.errors import ERROR_RESPONSES
+from api.forms import one_image
 from api.schemas import PredictOut
 from api.waiting import wait_until_final
 from shared import unit_of_work
 from shared.db.models import Item, ItemStatus, Job, JobSource
 from shared.errors import ItemFailed, PredictTimeout
-from shared.jobs.intake import Upload, require_one_image
 from shared.jobs.submission import submit_job
 from shared.settings import Settings
 from shared.storage import Storage
@@ -29,10 +29,10 @@ def _submit(
     session: UnitOfWork,
     storage: Storage,
     settings: Settings,
-    upload: Upload | None,
+    file: UploadFile | None,
     owner: str | None,
 ) -> str:
-    image = require_one_image(upload)
+    image = one_image(file)
     submission = submit_job(
         session, storage, settings, [image], owner_id=owner, source=JobSource.PREDICT
     )
@@ -66,8 +66,7 @@ async def predict(
     The wait holds neither a thread nor a database connection, and ends when the
     worker says the job ended (api/waiting.py).
     """
-    upload = Upload(file.filename or "upload", file.file) if file is not None else None
-    job_id = await run_in_threadpool(_submit, session, storage, settings, upload, caller.key_id)
+    job_id = await run_in_threadpool(_submit, session, storage, settings, file, caller.key_id)
     job: Job | None = await wait_until_final(
         session, job_id, settings.predict_timeout_seconds, waiters
     )

@@ -1,7 +1,7 @@
 """`Idempotency-Key` on job creation: a retried request gets the job the first one made.
 
 The key is remembered with a digest of the request (every file's name and bytes,
-and the form fields), in the transaction that creates the job, so a key can
+and the job's fields in a canonical form), in the transaction that creates the job, so a key can
 never point at a job that was not committed.
 """
 
@@ -28,7 +28,7 @@ class IdempotencyRequest:
     request_sha256: str
 
 
-def request_digest(uploads: list[Upload], fields: dict[str, str | None]) -> str:
+def request_digest(uploads: list[Upload], fields: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for upload in uploads:
         digest.update(b"file\0" + upload.filename.encode() + b"\0")
@@ -38,12 +38,12 @@ def request_digest(uploads: list[Upload], fields: dict[str, str | None]) -> str:
         upload.stream.seek(0)
         digest.update(b"\0")
     for name in sorted(fields):
-        digest.update(f"field\0{name}\0{fields[name] or ''}\0".encode())
+        digest.update(f"field\0{name}\0{fields[name]}\0".encode())
     return digest.hexdigest()
 
 
 def idempotency_request(
-    key: str | None, owner: str | None, uploads: list[Upload], fields: dict[str, str | None]
+    key: str | None, owner: str | None, uploads: list[Upload], fields: dict[str, str]
 ) -> IdempotencyRequest | None:
     if key is None:
         return None

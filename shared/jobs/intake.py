@@ -59,28 +59,16 @@ class StagedItem:
     error: str | None
 
 
-# The one sentence each route says when its upload is missing (or sent under another name).
-JOB_FILES_FIELD = "send an image or a .zip as the multipart field `file` (more as `files`)"
-ONE_IMAGE_FIELD = "send one image as the multipart field `file`"
-
-
 def storage_prefix(job_id: str) -> str:
     """Every stored file of a job lives under its id, so deleting a job is one prefix."""
     return job_id
 
 
-def require_one_image(upload: Upload | None) -> Upload:
-    """For calls that answer with one label: an archive is refused before anything is stored."""
-    if upload is None:
-        raise InvalidInput(f"no file uploaded: {ONE_IMAGE_FIELD}")
+def is_zip(upload: Upload) -> bool:
+    """Whether the upload is a zip archive, by its first bytes (the stream is rewound)."""
     head = upload.stream.read(8)
     upload.stream.seek(0)
-    if head.startswith(ZIP_MAGIC):
-        raise InvalidInput(
-            f"{upload.filename!r} is a zip archive; POST /predict takes one image "
-            "(send archives to POST /jobs)"
-        )
-    return upload
+    return head.startswith(ZIP_MAGIC)
 
 
 def stage_uploads(
@@ -88,7 +76,7 @@ def stage_uploads(
 ) -> list[StagedItem]:
     """Store every image of `uploads`; on any refusal, remove what was stored and raise."""
     if not uploads:
-        raise InvalidInput(f"no file uploaded: {JOB_FILES_FIELD}")
+        raise InvalidInput("no file uploaded")
     staged: list[StagedItem] = []
     try:
         for upload in uploads:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,23 +10,16 @@ from sqlalchemy.exc import IntegrityError
 
 from shared import metrics, outbox, unit_of_work
 from shared.db.models import Job, JobSource, new_id
-from shared.errors import InvalidInput, LimitExceeded
+from shared.errors import InvalidInput
 from shared.jobs.idempotency import earlier_job, idempotency_request, remember
 from shared.jobs.intake import Upload, stage_uploads, storage_prefix
 from shared.jobs.records import create_job
 from shared.jobs.scheduling import LANE_WAKE_UP
 from shared.settings import Settings
 from shared.storage import Storage
-from shared.text_rules import parse_json_object
 from shared.unit_of_work import UnitOfWork
-from shared.webhooks.events import parse_event_names
+from shared.webhooks.events import check_event_names
 from shared.webhooks.guard import check_webhook_url, parse_networks
-
-
-def parse_metadata(raw: str | None) -> dict[str, Any]:
-    if raw is None or raw == "":
-        return {}
-    return parse_json_object("metadata", raw)
 
 
 def webhook_target(url: str | None, settings: Settings) -> str | None:
@@ -35,16 +29,6 @@ def webhook_target(url: str | None, settings: Settings) -> str | None:
         raise InvalidInput("webhooks are not enabled on this server: WEBHOOK_SECRETS is not set")
     check_webhook_url(url, parse_networks(settings.webhook_allowed_networks))
     return url
-
-
-def check_field_sizes(fields: dict[str, str | None], settings: Settings) -> None:
-    for name, value in fields.items():
-        size = len(value.encode()) if value is not None else 0
-        if size > settings.max_form_field_bytes:
-            raise LimitExceeded(
-                f"form field {name!r} is {size:,} bytes, over the limit of "
-                f"{settings.max_form_field_bytes:,} (MAX_FORM_FIELD_BYTES)"
-            )
 
 
 @dataclass(frozen=True)
@@ -62,8 +46,8 @@ def submit_job(
     owner_id: str | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
-    webhook_events: str | None = None,
-    metadata: str | None = None,
+    webhook_events: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
     source: JobSource = JobSource.JOBS,
 ) -> Submission:
     """Store the uploads, then add the job and its message; the caller commits.
@@ -74,12 +58,15 @@ def submit_job(
     outbox). An `Idempotency-Key` seen before answers with the first job, and this
     request's files are removed.
     """
-    fields = {"webhook_url": webhook_url, "webhook_events": webhook_events, "metadata": metadata}
-    check_field_sizes(fields, settings)
+    events = check_event_names(webhook_events or [])
+    metadata = metadata or {}
+    fields = {
+        "webhook_url": webhook_url or "",
+        "webhook_events": ",".join(events),
+        "metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":")),
+    }
     idempotency = idempotency_request(idempotency_key, owner_id, uploads, fields)
-    parsed_metadata = parse_metadata(metadata)
     webhook = webhook_target(webhook_url, settings)
-    events = parse_event_names(webhook_events)
     job_id = new_id()
     staged = stage_uploads(uploads, job_id, storage, settings)
     unit_of_work.on_rollback(session, lambda: storage.delete_prefix(storage_prefix(job_id)))
@@ -96,7 +83,7 @@ def submit_job(
                 owner_id=owner_id,
                 webhook_url=webhook,
                 webhook_events=events,
-                metadata=parsed_metadata,
+                metadata=metadata,
                 source=source,
             )
             if idempotency is not None:

@@ -29,8 +29,8 @@ FINAL_EVENTS = {
 OPTIONAL_EVENTS = ("job.started", "job.progress")
 
 
-def parse_event_names(raw: str | None) -> list[str]:
-    names = [name.strip() for name in (raw or "").split(",") if name.strip()]
+def check_event_names(names: list[str]) -> list[str]:
+    """The optional events a job asked for, sorted and once each; unknown names refused."""
     unknown = sorted(set(names) - set(OPTIONAL_EVENTS))
     if unknown:
         raise InvalidInput(

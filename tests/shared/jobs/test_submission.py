@@ -62,7 +62,7 @@ def test_the_job_and_its_message_come_with_the_commit(
 ) -> None:
     sent = Sent()
     with UnitOfWorkFactory(settings, sender=sent).scope(write=False) as session:
-        submission = submit_job(session, storage, settings, photos(), metadata='{"batch": 7}')
+        submission = submit_job(session, storage, settings, photos(), metadata={"batch": 7})
         assert sent.jobs == []  # nothing goes out before the commit
         job_id = submission.job.id
     assert sent.jobs == [job_id]
@@ -115,7 +115,7 @@ def test_fields_are_checked_before_anything_is_stored(
 ) -> None:
     with (
         UnitOfWorkFactory(settings, sender=Sent()).scope(write=False) as session,
-        pytest.raises(InvalidInput, match="metadata"),
+        pytest.raises(InvalidInput, match=r"unknown webhook_events job\.finished"),
     ):
-        submit_job(session, storage, settings, photos(), metadata="[1, 2]")
+        submit_job(session, storage, settings, photos(), webhook_events=["job.finished"])
     assert files_of(storage) == []
