@@ -1,7 +1,7 @@
 """Webhooks end to end: the API and the webhook worker as processes, a real receiver on loopback.
 
 Jobs end by cancellation here (job.cancelled), so no model is needed; the
-classification path's final events are covered in tests/shared/jobs/test_jobs_db.py.
+classification path's final events are covered in tests/shared/jobs/test_events.py.
 """
 
 from __future__ import annotations

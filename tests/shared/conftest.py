@@ -1,0 +1,33 @@
+"""The `database` fixture: each database test runs on SQLite and on Postgres."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from shared.db.migrate import upgrade
+from shared.db.session import engine_for
+from shared.settings import Settings
+from tests.shared import database as db
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+        upgrade(url)
+    else:
+        url = request.getfixturevalue("postgres_url")
+        upgrade(url)
+        with engine_for(url).begin() as connection:
+            connection.execute(text("UPDATE scheduler_clock SET virtual_time = 0"))
+            connection.execute(
+                text(
+                    "TRUNCATE jobs, items, batches, api_keys, idempotency_keys, metric_counters, "
+                    "tenant_shares CASCADE"
+                )
+            )
+    db.SETTINGS = Settings(database_url=url)
+    return url
