@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +35,7 @@ import httpx
 import numpy as np
 import redis
 
+from bench.report import log, percentiles
 from shared.settings import DEFAULT_MODEL_PATH
 from shared.training.dataset import list_labelled_images
 from testkit.processes import Service, free_port, running_serve, service_env, wait_for
@@ -46,18 +45,6 @@ CLIENTS = 16
 IDLE_CALLS = 25
 REDIS_URL = "redis://127.0.0.1:6379/11"
 Post = Callable[[httpx.Client, bytes], None]
-
-
-def log(message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def _ms(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "p50": round(statistics.median(values), 1),
-        "p95": round(float(np.percentile(values, 95)), 1),
-    }
 
 
 def ours(client: httpx.Client, image: bytes) -> None:
@@ -79,7 +66,7 @@ def idle(url: str, post: Post, images: list[bytes]) -> dict[str, float]:
             started = time.perf_counter()
             post(client, image)
             times.append((time.perf_counter() - started) * 1000)
-    return _ms(times)
+    return percentiles(times)
 
 
 def loaded(url: str, post: Post, images: list[bytes]) -> dict[str, Any]:
@@ -96,7 +83,7 @@ def loaded(url: str, post: Post, images: list[bytes]) -> dict[str, Any]:
         with ThreadPoolExecutor(CLIENTS) as pool:
             times = list(pool.map(timed, images[1:]))
         seconds = time.perf_counter() - started
-    return {"images_per_s": round(len(times) / seconds, 2), "latency_ms": _ms(times)}
+    return {"images_per_s": round(len(times) / seconds, 2), "latency_ms": percentiles(times)}
 
 
 @contextmanager

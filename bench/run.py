@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 
 from bench import sharing
+from bench.report import log
 from shared.classifier.engine import Backend
 from shared.classifier.loaded import Precision
 from shared.classifier.model import load_classifier
@@ -48,10 +49,6 @@ from testkit.resources import BASE_WEIGHTS_FILE, TRAIN_DIR, fresh_postgres_datab
 BATCH_SIZES = (1, 8, 16, 32)
 CACHE_DIR = get_settings().cache_dir
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-def log(message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 def machine() -> dict[str, Any]:

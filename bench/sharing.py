@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.report import log, percentiles
 from shared.db.models import JobStatus
 from shared.training.dataset import list_labelled_images
 from testkit.crafted import zip_of
@@ -48,10 +49,6 @@ from testkit.resources import TRAIN_DIR, fresh_postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 SHARE_WARMUP_IMAGES = 100
-
-
-def log(message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 class Tenant:
@@ -93,14 +90,6 @@ class Tenant:
         return (time.perf_counter() - started) * 1000
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "p50": round(statistics.median(values), 1),
-        "p95": round(float(np.percentile(values, 95)), 1),
-    }
-
-
 def _farthest_from_one(ratios: list[float]) -> float:
     return max(ratios, key=lambda r: r if r >= 1 else 1 / max(r, 1e-9))
 
@@ -115,7 +104,7 @@ def measure(service: Service, paths: list[Path], per_tenant: int) -> dict[str, A
     for path in idle_paths[:5]:  # warm-up: the first inference, connections
         p.predict(path)
     idle = [p.predict(path) for path in idle_paths[5:]]
-    log(f"/predict idle: {_percentiles(idle)}")
+    log(f"/predict idle: {percentiles(idle)}")
 
     started = time.perf_counter()
     solo.submit(solo_paths)
@@ -187,8 +176,8 @@ def measure(service: Service, paths: list[Path], per_tenant: int) -> dict[str, A
             "samples": len(ratios),
         },
         "b_one_image_ms": round(b_wait[0], 1) if b_wait else None,
-        "predict_idle_ms": _percentiles(idle),
-        "predict_under_backlog_ms": _percentiles(busy_predicts) if busy_predicts else None,
+        "predict_idle_ms": percentiles(idle),
+        "predict_under_backlog_ms": percentiles(busy_predicts) if busy_predicts else None,
         "progress_samples": [(round(t, 1), ad, md) for t, ad, md in samples],
     }
     log(json.dumps({k: v for k, v in result.items() if k != "progress_samples"}))
