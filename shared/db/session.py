@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -9,11 +10,15 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session
 
 from shared.settings import Settings
 
 WRITE_OPTION = "intel_write_transaction"
+# A pooled connection unused for this long is pinged before it is handed out: one that
+# was used a moment ago is alive, and pinging it would cost a round trip per transaction.
+PING_AFTER_IDLE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,14 @@ def make_engine(url: str, pool: PoolSize = PoolSize()) -> Engine:
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         # A request or task holds a connection only while its transaction is open, and
         # waits at most `timeout_seconds` for one (then 503), never for as long as it likes.
-        return create_engine(
+        engine = create_engine(
             url,
-            pool_pre_ping=True,
             pool_size=pool.size,
             max_overflow=pool.overflow,
             pool_timeout=pool.timeout_seconds,
         )
+        _ping_idle_connections(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -73,6 +79,32 @@ def make_engine(url: str, pool: PoolSize = PoolSize()) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """SQLAlchemy's pessimistic disconnect handling, for connections that sat idle only.
+
+    A connection that fails its ping is discarded and the pool hands out another
+    (`DisconnectionError` at checkout); one that dies between its last use and the
+    next (a restart within the idle window) fails that one transaction, and the
+    pool is invalidated, so the next gets a fresh connection.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get("returned_at")
+        if returned_at is not None and time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(connection)
+        except Exception as exc:
+            raise DisconnectionError("the pooled connection did not answer its ping") from exc
+        if not alive:
+            raise DisconnectionError("the pooled connection did not answer its ping")
 
 
 _engines: list[Engine] = []
