@@ -14,13 +14,16 @@ import contextlib
 import threading
 import time
 
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from shared import unit_of_work
-from shared.db.models import Job, JobStatus
+from shared.db.models import Item, Job, JobStatus
 from shared.unit_of_work import UnitOfWork
 
-SLOWEST_LOOK_SECONDS = 0.5
+# The fallback only: a job's end is normally heard at once. Each look is a transaction
+# on a busy database, so a request under load should make one or two, not one a tick.
+SLOWEST_LOOK_SECONDS = 1.0
 
 
 class FinishedWaiters:
@@ -49,30 +52,41 @@ class FinishedWaiters:
             loop.call_soon_threadsafe(event.set)
 
 
-def _final_job(session: UnitOfWork, job_id: str) -> Job | None:
+def _ended(session: UnitOfWork, job_id: str) -> tuple[Job, Item] | None:
+    """The job and its (first) item once the job has ended; one short read."""
     try:
-        job = session.get(Job, job_id, populate_existing=True)
-        return job if job is not None and JobStatus(job.status).is_final else None
+        row = session.execute(
+            select(Job, Item)
+            .join(Item, Item.job_id == Job.id)
+            .where(Job.id == job_id)
+            .order_by(Item.position)
+            .limit(1)
+            .execution_options(populate_existing=True)
+        ).first()
+        if row is None or not JobStatus(row[0].status).is_final:
+            return None
+        return row[0], row[1]
     finally:
         unit_of_work.rollback(session)  # end the read: the connection returns to the pool
 
 
 async def wait_until_final(
-    session: UnitOfWork, job_id: str, timeout_seconds: float, waiters: FinishedWaiters
-) -> Job | None:
-    """The job once it has ended, or None when `timeout_seconds` pass first."""
+    session: UnitOfWork, job_id: str, timeout_seconds: float, woken: asyncio.Event
+) -> tuple[Job, Item] | None:
+    """The job and its item once it has ended, or None when `timeout_seconds` pass first.
+
+    `woken` was expected (`FinishedWaiters.expect`) before the job was committed, so
+    no word of its end can come before it: the first look waits for the word (or for
+    SLOWEST_LOOK_SECONDS) instead of reading a job that cannot have ended yet.
+    """
     deadline = time.monotonic() + timeout_seconds
-    woken = waiters.expect(job_id)
-    try:
-        while True:
-            job = await run_in_threadpool(_final_job, session, job_id)
-            if job is not None:
-                return job
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), min(SLOWEST_LOOK_SECONDS, left))
-            woken.clear()
-    finally:
-        waiters.forget(job_id)
+    while True:
+        left = deadline - time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), max(min(SLOWEST_LOOK_SECONDS, left), 0))
+        woken.clear()
+        ended = await run_in_threadpool(_ended, session, job_id)
+        if ended is not None:
+            return ended
+        if deadline - time.monotonic() <= 0:
+            return None

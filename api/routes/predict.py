@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import CallerDep
@@ -15,7 +14,7 @@ from api.forms import one_image
 from api.schemas import PredictOut
 from api.waiting import wait_until_final
 from shared import unit_of_work
-from shared.db.models import Item, ItemStatus, Job, JobSource
+from shared.db.models import ItemStatus, JobSource, new_id
 from shared.errors import ItemFailed, PredictTimeout
 from shared.jobs.submission import submit_job
 from shared.settings import Settings
@@ -31,20 +30,19 @@ def _submit(
     settings: Settings,
     file: UploadFile | None,
     owner: str | None,
-) -> str:
+    job_id: str,
+) -> None:
     image = one_image(file)
-    submission = submit_job(
-        session, storage, settings, [image], owner_id=owner, source=JobSource.PREDICT
+    submit_job(
+        session,
+        storage,
+        settings,
+        [image],
+        owner_id=owner,
+        source=JobSource.PREDICT,
+        job_id=job_id,
     )
     unit_of_work.commit(session)
-    return submission.job.id
-
-
-def _only_item(session: UnitOfWork, job_id: str) -> Item:
-    try:
-        return session.scalars(select(Item).where(Item.job_id == job_id)).one()
-    finally:
-        unit_of_work.rollback(session)  # end the read: the connection returns to the pool
 
 
 @router.post(
@@ -66,17 +64,20 @@ async def predict(
     The wait holds neither a thread nor a database connection, and ends when the
     worker says the job ended (api/waiting.py).
     """
-    job_id = await run_in_threadpool(_submit, session, storage, settings, file, caller.key_id)
-    job: Job | None = await wait_until_final(
-        session, job_id, settings.predict_timeout_seconds, waiters
-    )
-    if job is None:
+    job_id = new_id()
+    woken = waiters.expect(job_id)  # before the commit: no word of its end can be missed
+    try:
+        await run_in_threadpool(_submit, session, storage, settings, file, caller.key_id, job_id)
+        ended = await wait_until_final(session, job_id, settings.predict_timeout_seconds, woken)
+    finally:
+        waiters.forget(job_id)
+    if ended is None:
         raise PredictTimeout(
             f"not classified within {settings.predict_timeout_seconds:g}s "
             f"(PREDICT_TIMEOUT_SECONDS); poll /jobs/{job_id}",
             job_id,
         )
-    item = await run_in_threadpool(_only_item, session, job_id)
+    job, item = ended
     if item.status != ItemStatus.SUCCEEDED or item.label is None:
         # The item's error already names the file and the reason: said once, as recorded.
         raise ItemFailed(item.error or f"{item.filename!r} was not classified")

@@ -49,6 +49,7 @@ def submit_job(
     webhook_events: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
     source: JobSource = JobSource.JOBS,
+    job_id: str | None = None,
 ) -> Submission:
     """Store the uploads, then add the job and its message; the caller commits.
 
@@ -56,7 +57,8 @@ def submit_job(
     a large zip is written. If the transaction does not commit, the stored files
     go with it (`on_rollback`); the job message is sent only after the commit (the
     outbox). An `Idempotency-Key` seen before answers with the first job, and this
-    request's files are removed.
+    request's files are removed. A caller that must know the job's id before it
+    is committed (`/predict`, to be told when it ends) names it with `job_id`.
     """
     events = check_event_names(webhook_events or [])
     metadata = metadata or {}
@@ -67,7 +69,7 @@ def submit_job(
     }
     idempotency = idempotency_request(idempotency_key, owner_id, uploads, fields)
     webhook = webhook_target(webhook_url, settings)
-    job_id = new_id()
+    job_id = job_id or new_id()
     staged = stage_uploads(uploads, job_id, storage, settings)
     unit_of_work.on_rollback(session, lambda: storage.delete_prefix(storage_prefix(job_id)))
     session.begin_write()
