@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 MAX_BATCHES_PER_TASK = 8
 # A steady stream of /predict calls is served by task after task, each this long.
 LANE_GROUPS_PER_TASK = 8 * MAX_BATCHES_PER_TASK
-# /predict items claimed at once: small, so a call waits for few others before its own.
-LANE_GROUP = 4
+# /predict items claimed at once, and charged in the same unit of work. Each group costs
+# a claim and a record whatever its size, so under a flood of calls groups of 8 spend
+# half the bookkeeping of groups of 4; their rows still go to the engine one at a time.
+LANE_GROUP = 8
 # Groups queued on an engine that runs requests in flight: one runs while the
 # worker records the one before and decodes the one after.
 PIPELINE_DEPTH = 2
@@ -117,16 +119,22 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         return preprocess(data, item.filename, classifier.input_size, settings.max_image_pixels)
 
     lane_groups = 0
+    lane_busy = False
 
     def lane() -> list[Claimed]:
-        """/predict items waiting now: claimed and charged, to run before the next pass."""
-        nonlocal lane_groups
-        if lane_groups >= LANE_GROUPS_PER_TASK or not _lane_waiting(runtime):
+        """/predict items waiting now: claimed and charged in one unit, to run at once."""
+        nonlocal lane_groups, lane_busy
+        if lane_groups >= LANE_GROUPS_PER_TASK:
             return []  # past the bound, the next task (the lane's own messages) goes on
+        # While calls keep coming, claim straight away; once a claim finds none, look
+        # first (a cheap read) rather than take the scheduler's lock for nothing.
+        if not lane_busy and not _lane_waiting(runtime):
+            return []
         lane_groups += 1
-        claimed = _claim_once(LANE_GROUP, runtime, suspects=False, lane_only=True).to_run
-        held.update(c.id for c in claimed)
-        return _begin_pass(claimed, runtime)
+        claim = _claim_once(LANE_GROUP, runtime, suspects=False, lane_only=True, into_pass=True)
+        lane_busy = bool(claim.claimed)
+        held.update(c.id for c in claim.to_run)  # repeats of known images were settled
+        return claim.to_run
 
     def wanted(items: list[Claimed]) -> list[bool]:
         """Just before the engine: items of a job cancelled since the claim are not run."""
@@ -300,7 +308,13 @@ def _lane_waiting(runtime: Runtime) -> bool:
 
 
 def _claim_once(
-    limit: int, runtime: Runtime, *, suspects: bool, lane: bool = True, lane_only: bool = False
+    limit: int,
+    runtime: Runtime,
+    *,
+    suspects: bool,
+    lane: bool = True,
+    lane_only: bool = False,
+    into_pass: bool = False,
 ) -> _Claim:
     """One unit of work: claim items, start their jobs, settle repeats of known images."""
     settings = runtime.settings
@@ -316,6 +330,7 @@ def _claim_once(
             suspects=suspects,
             lane=lane,
             lane_only=lane_only,
+            into_pass=into_pass,
         )
         reused, to_run = reuse_known_results(session, claimed, version, worker=runtime.name)
     _delete_uploads(runtime, reused)

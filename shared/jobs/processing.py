@@ -16,7 +16,7 @@ from sqlalchemy import Table, bindparam, func, select, update
 from shared import metrics
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
 from shared.jobs.events import announce_progress, announce_started
-from shared.jobs.progress import refresh_job
+from shared.jobs.progress import refresh_jobs
 from shared.jobs.scheduling import pick_items
 from shared.unit_of_work import UnitOfWork
 
@@ -55,11 +55,14 @@ def claim_items(
     suspects: bool = True,
     lane: bool = True,
     lane_only: bool = False,
+    into_pass: bool = False,
 ) -> list[Claimed]:
     """The claim step a task runs: lease the items the scheduler picks, start their jobs.
 
     A claim charges no attempt: an item is charged only when it enters a pass
     (`begin_pass`), so items merely claimed go back uncharged if their worker dies.
+    With `into_pass` (the interactive lane, whose items are decoded and run at
+    once) the claim is also that charge, in the same transaction.
     """
     ids = pick_items(
         session,
@@ -69,16 +72,24 @@ def claim_items(
         lane=lane,
         lane_only=lane_only,
     )
-    claimed = lease_items(session, ids, worker, lease_seconds)
+    claimed = lease_items(session, ids, worker, lease_seconds, into_pass=into_pass)
     started = start_jobs(session, {c.job_id for c in claimed}, model_version)
     announce_started(session, started)
     return claimed
 
 
 def lease_items(
-    session: UnitOfWork, ids: list[str], worker: str, lease_seconds: float
+    session: UnitOfWork,
+    ids: list[str],
+    worker: str,
+    lease_seconds: float,
+    *,
+    into_pass: bool = False,
 ) -> list[Claimed]:
-    """Mark the picked items running, leased to `worker`; in the order they were picked."""
+    """Mark the picked items running, leased to `worker`; in the order they were picked.
+
+    With `into_pass`, they enter their pass too: charged an attempt (`begin_pass`).
+    """
     if not ids:
         return []
     now = utcnow()
@@ -91,7 +102,8 @@ def lease_items(
                 started_at=now,
                 leased_by=worker,
                 lease_until=now + timedelta(seconds=lease_seconds),
-                in_pass=False,
+                in_pass=into_pass,
+                attempts=Item.attempts + 1 if into_pass else Item.attempts,
             )
             .returning(
                 Item.id, Item.job_id, Item.filename, Item.storage_key, Item.sha256, Item.solo
@@ -356,12 +368,12 @@ def settle_jobs(
     """Recount each touched job, send its progress event, observe its items' latency."""
     per_job = Counter(r.job_id for r in written)
     now = utcnow()
-    for job_id in sorted(per_job):  # one lock order: no deadlocks
-        job = refresh_job(session, job_id)
-        if job is not None:
-            announce_progress(session, job, progress_interval_seconds)
-            latency = (now - job.created_at).total_seconds()
-            metrics.observe(session, metrics.ITEM_LATENCY_SECONDS, latency, per_job[job_id])
+    jobs = refresh_jobs(session, list(per_job))
+    for job_id in sorted(jobs):
+        job = jobs[job_id]
+        announce_progress(session, job, progress_interval_seconds)
+        latency = (now - job.created_at).total_seconds()
+        metrics.observe(session, metrics.ITEM_LATENCY_SECONDS, latency, per_job[job_id])
 
 
 def queued_beyond(session: UnitOfWork, count: int) -> bool:

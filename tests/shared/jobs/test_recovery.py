@@ -6,10 +6,12 @@ from sqlalchemy import select
 
 from shared.db.models import (
     Item,
+    JobSource,
     JobStatus,
 )
 from shared.jobs.processing import (
     begin_pass,
+    claim_items,
     record_results,
 )
 from shared.jobs.records import cancel_job
@@ -108,3 +110,28 @@ def test_an_item_that_kills_its_workers_alone_fails_alone(database: str) -> None
     assert "abandoned after 3 attempts (MAX_ITEM_ATTEMPTS)" in item.error
     assert (job_row(poison).status, job_row(poison).failed) == (JobStatus.FAILED, 1)
     assert job_row(healthy).status == JobStatus.SUCCEEDED
+
+
+def test_a_lane_claim_is_its_charge_and_its_item_runs_alone_if_its_worker_dies(
+    database: str,
+) -> None:
+    predict = add_job(1, source=JobSource.PREDICT)
+    batch = add_job(2)
+    with scope() as session:
+        lane = claim_items(
+            session, 4, "v1", worker="w", lease_seconds=60, lane_only=True, into_pass=True
+        )
+        rest = claim(session, 4)
+    assert [c.job_id for c in lane] == [predict]  # the lane takes /predict items only
+    assert {c.job_id for c in rest} == {batch}
+    assert attempts_of(predict) == [("img0.jpg", "running", 1, False)]  # charged at once
+    assert [a[2] for a in attempts_of(batch)] == [0, 0]  # merely claimed
+    lapse(predict)
+    lapse(batch)
+    with scope() as session:
+        requeue_stale(session, 60, 3)
+    assert attempts_of(predict) == [("img0.jpg", "queued", 1, True)]  # a suspect
+    assert attempts_of(batch) == [
+        ("img0.jpg", "queued", 0, False),
+        ("img1.jpg", "queued", 0, False),
+    ]
