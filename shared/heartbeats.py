@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
@@ -12,17 +13,33 @@ from shared.db.models import WorkerHeartbeat, utcnow
 ROLES = ("classify", "webhooks")
 
 
-def beat(session: Session, name: str, role: str, host: str, started_at: datetime) -> None:
-    """Say `name` is alive now (insert or update its row)."""
+@dataclass(frozen=True)
+class Serving:
+    """The model a classify worker serves, as its heartbeat says."""
+
+    version: str
+    precision: str
+    accuracy: float | None  # on the model's test split (its metrics.json), where known
+
+
+def beat(
+    session: Session,
+    name: str,
+    role: str,
+    host: str,
+    started_at: datetime,
+    serving: Serving | None = None,
+) -> None:
+    """Say `name` is alive now (insert or update its row), and what it serves."""
     row = session.get(WorkerHeartbeat, name)
     if row is None:
-        session.add(
-            WorkerHeartbeat(
-                name=name, role=role, host=host, started_at=started_at, seen_at=utcnow()
-            )
-        )
-    else:
-        row.seen_at = utcnow()
+        row = WorkerHeartbeat(name=name, role=role, host=host, started_at=started_at)
+        session.add(row)
+    row.seen_at = utcnow()
+    if serving is not None:
+        row.model_version = serving.version
+        row.model_precision = serving.precision
+        row.model_accuracy = serving.accuracy
     session.flush()
 
 

@@ -15,8 +15,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared.classifier import artifact
 from shared.classifier.loaded import Classifier
 from shared.classifier.model import load_classifier
+from shared.heartbeats import Serving
 from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
@@ -58,6 +60,12 @@ class WorkerContext:
             )
             log.info("model %s loaded in worker %s", self.classifier.version, self.name)
         return self.classifier
+
+    def serving(self) -> Serving:
+        """What this worker serves, for its heartbeat (and so for GET /models)."""
+        classifier = self.load_classifier()
+        accuracy = artifact.test_accuracy(self.settings.model_path, classifier.precision)
+        return Serving(classifier.version, classifier.precision, accuracy)
 
     def runtime(self) -> Runtime:
         """What a classify task works with: this context, with its model loaded."""

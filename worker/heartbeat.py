@@ -33,9 +33,11 @@ class Heartbeat:
         role: str,
         main_pid: int,
         leases_of: str | None = None,
+        serving: heartbeats.Serving | None = None,
     ) -> None:
         self.settings = settings
         self.units = units
+        self.serving = serving
         self.role = role
         self.host = socket.gethostname()
         self.name = f"{role}@{self.host}:{main_pid}"
@@ -58,7 +60,9 @@ class Heartbeat:
     def _beat(self) -> None:
         try:
             with self.units.scope() as session:
-                heartbeats.beat(session, self.name, self.role, self.host, self.started_at)
+                heartbeats.beat(
+                    session, self.name, self.role, self.host, self.started_at, self.serving
+                )
                 if self.leases_of is not None:
                     extend_leases(session, self.leases_of, self.settings.requeue_after_seconds)
         except Exception:  # a database outage: beat again next time

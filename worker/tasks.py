@@ -25,6 +25,7 @@ from celery.signals import (
 
 from shared import heartbeats
 from shared.db.session import forget_inherited_connections
+from shared.heartbeats import Serving
 from shared.logs import configure_logging, log_context
 from shared.process import die_with_parent
 from shared.queue import CLASSIFY_TASK, WEBHOOK_TASK
@@ -105,14 +106,20 @@ def _load_model(**_: Any) -> None:
     forget_inherited_connections()
     context = context_of(celery_app)
     if context.role == "classify":
-        context.load_classifier()
-        _start_heartbeat(context, "classify", os.getppid(), leases_of=context.name)
+        serving = context.serving()  # loads the model
+        _start_heartbeat(context, "classify", os.getppid(), context.name, serving)
 
 
 def _start_heartbeat(
-    context: WorkerContext, role: str, main_pid: int, leases_of: str | None = None
+    context: WorkerContext,
+    role: str,
+    main_pid: int,
+    leases_of: str | None = None,
+    serving: Serving | None = None,
 ) -> None:
-    context.heartbeat = Heartbeat(context.settings, context.units, role, main_pid, leases_of)
+    context.heartbeat = Heartbeat(
+        context.settings, context.units, role, main_pid, leases_of, serving
+    )
     context.heartbeat.start()
 
 

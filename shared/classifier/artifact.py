@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from shared.classifier.labels import CLASSES
 
 MANIFEST_NAME = "manifest.json"
+METRICS_NAME = "metrics.json"
 HEAD_WEIGHTS_NAME = "head.weights.h5"
 FORMAT = "intel-classifier/head-v1"
 
@@ -125,3 +126,13 @@ def read_any_manifest(folder: Path) -> Manifest | FineTunedManifest:
     if raw.get("format") == FINETUNED_FORMAT:
         return FineTunedManifest.model_validate(raw)
     return Manifest.model_validate(raw)
+
+
+def test_accuracy(folder: Path, precision: str) -> float | None:
+    """The accuracy `metrics.json` gives for `precision` on the test split, where it does."""
+    try:
+        metrics = json.loads((folder / METRICS_NAME).read_text())
+        report = metrics["test"][precision]
+        return float(report["accuracy"]) if isinstance(report, dict) else float(report)
+    except (OSError, ValueError, KeyError, TypeError):  # a v1 folder, a .keras file, no file
+        return None

@@ -123,7 +123,9 @@ class Job(Base):
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
-    model_version: Mapped[str | None] = mapped_column(String(64))
+    # Pinned when the job is admitted (the version new jobs get), else by the first
+    # worker that claims it: only workers serving it run the job's items.
+    model_version: Mapped[str | None] = mapped_column(String(64), index=True)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # `metadata` is reserved on declarative classes; the column keeps the API's name.
     client_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
@@ -305,3 +307,7 @@ class WorkerHeartbeat(Base):
     host: Mapped[str] = mapped_column(String(255))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # What a classify worker serves (None for webhook workers): GET /models reads it.
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    model_precision: Mapped[str | None] = mapped_column(String(16))
+    model_accuracy: Mapped[float | None] = mapped_column(Float)
