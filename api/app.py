@@ -14,7 +14,7 @@ from api.deps import Resources
 from api.errors import install_error_handlers
 from api.hygiene import RepeatedHeaders, UrlHygiene
 from api.limits import UploadLimit
-from api.routes import health, jobs, metrics, page, predict, webhooks
+from api.routes import health, jobs, metrics, models, page, predict, webhooks
 from shared import finished
 from shared.settings import Settings, get_settings
 
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(predict.router)
     app.include_router(health.router)
+    app.include_router(models.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")

@@ -105,6 +105,21 @@ class PredictOut(BaseModel):
     model_version: str | None
 
 
+class ModelOut(BaseModel):
+    version: str
+    precision: str | None
+    test_accuracy: float | None = Field(description="On the model's own test split")
+    live_workers: int
+    new_jobs: bool = Field(description="Whether new jobs are pinned to this version")
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
+    new_jobs_get: str | None = Field(
+        description="The version new jobs are pinned to; null: the first worker to claim them"
+    )
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)

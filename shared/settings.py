@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     worker_stale_seconds: float = Field(
         default=30.0, gt=0, description="A worker not heard from this long counts as dead"
     )
+    default_model_version: str = Field(
+        default="",
+        description="The model version new jobs get while a live worker serves it; "
+        "empty: the newest version live workers serve (GET /models)",
+    )
     max_item_attempts: int = Field(
         default=3,
         ge=1,

@@ -85,12 +85,12 @@ class Service:
         """A new API key: `keys create` prints it on its last line."""
         return self.cli("keys", "create", "--name", name).stdout.strip().splitlines()[-1]
 
-    def spawn(self, name: str, *args: str) -> Process:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
         log = self.data_dir / f"{name}-{len(self.processes)}.log"
         stream = log.open("wb")
         popen = subprocess.Popen(
             [sys.executable, "-m", "intel_classifier", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=stream,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -105,8 +105,9 @@ class Service:
         _raise_if_died(process)
         return process
 
-    def start_worker(self) -> Process:
-        process = self.spawn("worker", "worker")
+    def start_worker(self, **overrides: str) -> Process:
+        """A classify worker, with settings of its own where `overrides` give them."""
+        process = self.spawn("worker", "worker", env=overrides)
         wait_for(lambda: " ready." in process.output() or _died(process), 180, "a worker")
         _raise_if_died(process)
         return process

@@ -304,7 +304,7 @@ class _Claim:
 
 def _lane_waiting(runtime: Runtime) -> bool:
     with runtime.units.scope(write=False) as session:
-        return lane_waiting(session)
+        return lane_waiting(session, runtime.classifier.version)
 
 
 def _claim_once(

@@ -64,6 +64,10 @@ def create(
         str | None, Form(description="Also send: job.started, job.progress (comma-separated)")
     ] = None,
     metadata: Annotated[str | None, Form(description="A JSON object kept with the job")] = None,
+    model: Annotated[
+        str | None,
+        Form(description="Run on this model version (GET /models); default: the one new jobs get"),
+    ] = None,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -89,6 +93,7 @@ def create(
         webhook_url=fields.webhook_url,
         webhook_events=fields.webhook_events,
         metadata=fields.metadata,
+        model=model or None,
     )
     unit_of_work.commit(session)
     response.headers["Location"] = f"/jobs/{submission.job.id}"

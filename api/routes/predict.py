@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import CallerDep
@@ -31,6 +31,7 @@ def _submit(
     file: UploadFile | None,
     owner: str | None,
     job_id: str,
+    model: str | None,
 ) -> None:
     image = one_image(file)
     submit_job(
@@ -41,6 +42,7 @@ def _submit(
         owner_id=owner,
         source=JobSource.PREDICT,
         job_id=job_id,
+        model=model,
     )
     unit_of_work.commit(session)
 
@@ -58,6 +60,10 @@ async def predict(
     caller: CallerDep,
     waiters: WaitersDep,
     file: Annotated[UploadFile | None, File(description="One image")] = None,
+    model: Annotated[
+        str | None,
+        Form(description="Run on this model version (GET /models); default: the one new jobs get"),
+    ] = None,
 ) -> PredictOut:
     """Classify one image and wait for the answer: `{"class": ..., "confidence": ...}`.
 
@@ -67,7 +73,9 @@ async def predict(
     job_id = new_id()
     woken = waiters.expect(job_id)  # before the commit: no word of its end can be missed
     try:
-        await run_in_threadpool(_submit, session, storage, settings, file, caller.key_id, job_id)
+        await run_in_threadpool(
+            _submit, session, storage, settings, file, caller.key_id, job_id, model or None
+        )
         ended = await wait_until_final(session, job_id, settings.predict_timeout_seconds, woken)
     finally:
         waiters.forget(job_id)

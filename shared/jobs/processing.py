@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, case, func, select, update
 
 from shared import metrics
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
@@ -71,11 +71,45 @@ def claim_items(
         suspects=suspects,
         lane=lane,
         lane_only=lane_only,
+        version=model_version,
     )
     claimed = lease_items(session, ids, worker, lease_seconds, into_pass=into_pass)
     started = start_jobs(session, {c.job_id for c in claimed}, model_version)
     announce_started(session, started)
-    return claimed
+    return _only_of_version(session, claimed, model_version)
+
+
+def _only_of_version(
+    session: UnitOfWork, claimed: list[Claimed], model_version: str
+) -> list[Claimed]:
+    """Give back items whose job another worker pinned to its version meanwhile.
+
+    Two workers of different versions may pick items of one unpinned job at once;
+    the first to start it pins it (`start_jobs` locks the job's row), and the
+    other's items go back to the queue untouched, so a job never mixes versions.
+    """
+    if not claimed:
+        return claimed
+    pinned = dict(
+        session.execute(
+            select(Job.id, Job.model_version).where(Job.id.in_({c.job_id for c in claimed}))
+        ).all()
+    )
+    others = [c.id for c in claimed if pinned.get(c.job_id) not in (None, model_version)]
+    if others:
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(others))
+            .values(
+                status=ItemStatus.QUEUED,
+                started_at=None,
+                leased_by=None,
+                lease_until=None,
+                in_pass=False,
+                attempts=Item.attempts - case((Item.in_pass.is_(True), 1), else_=0),
+            )
+        )
+    return [c for c in claimed if c.id not in others]
 
 
 def lease_items(
@@ -170,7 +204,8 @@ def start_jobs(session: UnitOfWork, job_ids: set[str], model_version: str) -> li
     ).all()
     now = utcnow()
     for job in starting:
-        job.status, job.started_at, job.model_version = JobStatus.RUNNING, now, model_version
+        job.status, job.started_at = JobStatus.RUNNING, now
+        job.model_version = job.model_version or model_version  # pinned at admission, or now
     return list(starting)
 
 

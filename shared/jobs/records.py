@@ -33,8 +33,12 @@ def create_job(
     webhook_events: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
     source: JobSource = JobSource.JOBS,
+    model_version: str | None = None,
 ) -> Job:
-    """Insert the job and its items (the caller adds its message to the outbox)."""
+    """Insert the job and its items (the caller adds its message to the outbox).
+
+    `model_version` pins the job to a model (`shared.jobs.versions`); None leaves it
+    to the first worker that claims it."""
     now = utcnow()
     job = Job(
         id=job_id,
@@ -47,6 +51,7 @@ def create_job(
         webhook_url=webhook_url,
         webhook_events=webhook_events or [],
         client_metadata=metadata or {},
+        model_version=model_version,
     )
     session.add(job)
     session.flush()

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy import ColumnElement, exists, func, or_, select, true
 
 from shared.db.models import (
     ApiKey,
@@ -70,26 +70,39 @@ def pick_items(
     suspects: bool = True,
     lane: bool = True,
     lane_only: bool = False,
+    version: str | None = None,
 ) -> list[str]:
     """Ids of queued items for the next batch, in the order the policy gives them.
 
-    The caller marks them running in the same transaction; on Postgres the rows
-    are locked (SKIP LOCKED) so no other claimer takes them meanwhile.
+    Only items of jobs pinned to `version` (or not pinned yet) are picked; None
+    picks any. The caller marks them running in the same transaction; on Postgres
+    the rows are locked (SKIP LOCKED) so no other claimer takes them meanwhile.
     """
+    servable = _servable(version)
     clock = _lock_clock(session)
     in_flight = _running_per_tenant(session) if cap_per_tenant else {}
     if lane or lane_only:
-        picked = _pick_fairly(session, clock, limit, JobSource.PREDICT, cap_per_tenant, in_flight)
+        picked = _pick_fairly(
+            session, clock, limit, JobSource.PREDICT, cap_per_tenant, in_flight, servable
+        )
         if picked or lane_only:
             return picked
-    suspect = _pick_suspect(session) if suspects else None
+    suspect = _pick_suspect(session, servable) if suspects else None
     if suspect is not None:
         return [suspect]
-    return _pick_fairly(session, clock, limit, JobSource.JOBS, cap_per_tenant, in_flight)
+    return _pick_fairly(session, clock, limit, JobSource.JOBS, cap_per_tenant, in_flight, servable)
 
 
-def lane_waiting(session: UnitOfWork) -> bool:
-    """Whether a /predict item is queued: a cheap look, without the clock's lock."""
+def _servable(version: str | None) -> ColumnElement[bool]:
+    """Jobs a worker serving `version` may run: pinned to it, or not pinned yet."""
+    if version is None:
+        return true()
+    return or_(Job.model_version.is_(None), Job.model_version == version)
+
+
+def lane_waiting(session: UnitOfWork, version: str | None = None) -> bool:
+    """Whether a /predict item `version` may run is queued: a cheap look, without the
+    clock's lock."""
     waiting = session.scalar(
         select(Item.id)
         .join(Job, Job.id == Item.job_id)
@@ -97,6 +110,7 @@ def lane_waiting(session: UnitOfWork) -> bool:
             Job.source == JobSource.PREDICT,
             Job.status.in_(_UNFINISHED),
             Item.status == ItemStatus.QUEUED,
+            _servable(version),
         )
         .limit(1)
     )
@@ -121,8 +135,11 @@ def _pick_fairly(
     source: JobSource,
     cap_per_tenant: int,
     in_flight: dict[str | None, int],
+    servable: ColumnElement[bool],
 ) -> list[str]:
-    tenants = _tenants_with_work(session, source, clock.virtual_time, cap_per_tenant, in_flight)
+    tenants = _tenants_with_work(
+        session, source, clock.virtual_time, cap_per_tenant, in_flight, servable
+    )
     if not tenants:
         return []
     picked: list[str] = []
@@ -133,7 +150,7 @@ def _pick_fairly(
             wanted = quotas.get(tenant.key, 0)
             if not wanted:
                 continue
-            ids = _next_items_of(session, tenant.owner_id, source, wanted)
+            ids = _next_items_of(session, tenant.owner_id, source, wanted, servable)
             picked += ids
             tenant.tally += len(ids) / tenant.weight
             tenant.room -= len(ids)
@@ -178,11 +195,12 @@ def _tenants_with_work(
     virtual_time: float,
     cap_per_tenant: int,
     in_flight: dict[str | None, int],
+    servable: ColumnElement[bool],
 ) -> list[Tenant]:
     rows = session.execute(
         select(Job.owner_id, func.coalesce(ApiKey.weight, 1))
         .outerjoin(ApiKey, ApiKey.id == Job.owner_id)
-        .where(Job.status.in_(_UNFINISHED), Job.source == source, _has_queued_items())
+        .where(Job.status.in_(_UNFINISHED), Job.source == source, servable, _has_queued_items())
         .group_by(Job.owner_id, ApiKey.weight)
     ).all()
     keys = [owner or ANONYMOUS for owner, _ in rows]
@@ -204,13 +222,23 @@ def _tenants_with_work(
 
 
 def _next_items_of(
-    session: UnitOfWork, owner_id: str | None, source: JobSource, count: int
+    session: UnitOfWork,
+    owner_id: str | None,
+    source: JobSource,
+    count: int,
+    servable: ColumnElement[bool],
 ) -> list[str]:
     """The tenant's next `count` queued items: its oldest job's first, each job's in order."""
     owner = Job.owner_id.is_(None) if owner_id is None else Job.owner_id == owner_id
     job_ids = session.scalars(
         select(Job.id)
-        .where(owner, Job.status.in_(_UNFINISHED), Job.source == source, _has_queued_items())
+        .where(
+            owner,
+            Job.status.in_(_UNFINISHED),
+            Job.source == source,
+            servable,
+            _has_queued_items(),
+        )
         .order_by(Job.created_at, Job.id)
         .limit(count)
     ).all()
@@ -228,11 +256,12 @@ def _next_items_of(
     return ids
 
 
-def _pick_suspect(session: UnitOfWork) -> str | None:
+def _pick_suspect(session: UnitOfWork, servable: ColumnElement[bool]) -> str | None:
     """The oldest queued item that runs alone (its worker died while it was in a pass)."""
     return session.scalars(
         select(Item.id)
-        .where(Item.status == ItemStatus.QUEUED, Item.solo.is_(True))
+        .join(Job, Job.id == Item.job_id)
+        .where(Item.status == ItemStatus.QUEUED, Item.solo.is_(True), servable)
         .order_by(Item.created_at, Item.position)
         .limit(1)
         .with_for_update(skip_locked=True)

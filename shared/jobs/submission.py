@@ -15,6 +15,7 @@ from shared.jobs.idempotency import earlier_job, idempotency_request, remember
 from shared.jobs.intake import Upload, stage_uploads, storage_prefix
 from shared.jobs.records import create_job
 from shared.jobs.scheduling import LANE_WAKE_UP
+from shared.jobs.versions import pin_version
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.unit_of_work import UnitOfWork
@@ -50,6 +51,7 @@ def submit_job(
     metadata: dict[str, Any] | None = None,
     source: JobSource = JobSource.JOBS,
     job_id: str | None = None,
+    model: str | None = None,
 ) -> Submission:
     """Store the uploads, then add the job and its message; the caller commits.
 
@@ -66,6 +68,7 @@ def submit_job(
         "webhook_url": webhook_url or "",
         "webhook_events": ",".join(events),
         "metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":")),
+        "model": model or "",
     }
     idempotency = idempotency_request(idempotency_key, owner_id, uploads, fields)
     webhook = webhook_target(webhook_url, settings)
@@ -73,6 +76,7 @@ def submit_job(
     staged = stage_uploads(uploads, job_id, storage, settings)
     unit_of_work.on_rollback(session, lambda: storage.delete_prefix(storage_prefix(job_id)))
     session.begin_write()
+    model_version = pin_version(session, model, settings)
     if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
         storage.delete_prefix(storage_prefix(job_id))
         return Submission(job, replayed=True)
@@ -87,6 +91,7 @@ def submit_job(
                 webhook_events=events,
                 metadata=metadata,
                 source=source,
+                model_version=model_version,
             )
             if idempotency is not None:
                 remember(session, idempotency, job_id)

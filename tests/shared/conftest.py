@@ -26,7 +26,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
             connection.execute(
                 text(
                     "TRUNCATE jobs, items, batches, api_keys, idempotency_keys, metric_counters, "
-                    "tenant_shares CASCADE"
+                    "tenant_shares, worker_heartbeats CASCADE"
                 )
             )
     db.SETTINGS = Settings(database_url=url)

@@ -186,6 +186,36 @@ def test_the_old_demo_call_still_works(
     assert "cut.jpg" in error["message"]
 
 
+def test_models_lists_the_live_version_and_jobs_are_pinned_to_it(
+    service: Service, holdout_images: list[LabelledImage]
+) -> None:
+    image = holdout_images[-1].path.read_bytes()
+    with service.client() as client:
+
+        def listed() -> dict[str, Any] | None:
+            body: dict[str, Any] = client.get("/models").json()
+            return body if body["items"] else None
+
+        models = wait_for(listed, 30, "a live model in GET /models")
+        [model] = models["items"]
+        assert models["new_jobs_get"] == model["version"]
+        assert model["new_jobs"] is True
+        assert (model["precision"], model["live_workers"]) == ("int8", 1)
+        assert model["test_accuracy"] == pytest.approx(0.929, abs=0.005)  # its metrics.json
+        refused = client.post(
+            "/jobs", files={"file": ("a.jpg", image)}, data={"model": "retired-v0"}
+        )
+        assert refused.status_code == 422, refused.text
+        assert "GET /models" in refused.json()["error"]["message"]
+        created = client.post(
+            "/jobs", files={"file": ("a.jpg", image)}, data={"model": model["version"]}
+        )
+        assert created.status_code == 202, created.text
+        assert created.json()["model_version"] == model["version"]  # pinned at admission
+    job = service.wait_job(created.json()["id"])
+    assert (job["status"], job["model_version"]) == ("succeeded", model["version"])
+
+
 def test_concurrent_single_image_jobs_share_batches(service: Service, train_dir: Path) -> None:
     # Images no other test sends: known bytes would reuse stored results, not batch.
     images = [i.path.read_bytes() for i in list_labelled_images(train_dir)[-24:]]
