@@ -19,6 +19,7 @@ from shared.jobs.retention import (
     delete_orphaned_files,
     forget_old_records,
 )
+from shared.jobs.versions import unpin_unserved
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.unit_of_work import UnitOfWorkFactory
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def reconcile(settings: Settings, units: UnitOfWorkFactory) -> list[str]:
-    """Take back what a dead worker left running, and enqueue every job left waiting.
+    """Take back what a dead worker left running, free unstarted jobs whose model version
+    lost its workers, and enqueue every job left waiting.
 
     Only jobs with no message waiting get one (`JobQueue`'s marks), so a backlog
     never grows duplicates. Returns the jobs whose message was sent.
@@ -37,6 +39,8 @@ def reconcile(settings: Settings, units: UnitOfWorkFactory) -> list[str]:
         for job_id in requeue_stale(
             unit, settings.requeue_after_seconds, settings.max_item_attempts
         ):
+            outbox.add_job(unit, job_id)
+        for job_id in unpin_unserved(unit, settings.worker_stale_seconds):
             outbox.add_job(unit, job_id)
     sent = unit.sent_jobs
     if sent:

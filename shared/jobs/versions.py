@@ -6,7 +6,8 @@ where set, else the newest version live workers serve (the one whose oldest
 live worker started last, so the first workers of a rollout move new jobs to it
 at once). Workers claim only items of jobs pinned to their version, so every
 item of a job carries the same `model_version`; a job admitted while no worker
-is alive is pinned by the first worker that claims it.
+is alive is pinned by the first worker that claims it, and so is one whose
+version lost its last worker before the job started (`unpin_unserved`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from shared.db.models import WorkerHeartbeat, utcnow
+from shared.db.models import Job, JobStatus, WorkerHeartbeat, utcnow
 from shared.errors import InvalidInput
 from shared.settings import Settings
 from shared.unit_of_work import UnitOfWork
@@ -76,3 +77,29 @@ def pin_version(unit: UnitOfWork, requested: str | None, settings: Settings) -> 
             f"no live worker serves model {requested!r} (live versions: {served}); see GET /models"
         )
     return requested
+
+
+def unpin_unserved(unit: UnitOfWork, stale_after_seconds: float) -> list[str]:
+    """Jobs pinned to a version no live worker serves, and not started: pinned again by
+    the first worker that claims them; returns them (they need a message).
+
+    Such a job was admitted just before its version's last worker stopped (a
+    restart with a new model, say). Nothing of it has run, so nothing can mix. A
+    started job keeps its version and waits for a worker of it; with no live worker
+    at all, nothing changes.
+    """
+    live = [v.version for v in live_versions(unit, stale_after_seconds)]
+    if not live:
+        return []
+    return list(
+        unit.scalars(
+            update(Job)
+            .where(
+                Job.status == JobStatus.QUEUED,
+                Job.model_version.is_not(None),
+                Job.model_version.not_in(live),
+            )
+            .values(model_version=None)
+            .returning(Job.id)
+        )
+    )

@@ -13,7 +13,12 @@ from shared.db.models import Item, Job, utcnow
 from shared.errors import InvalidInput
 from shared.heartbeats import Serving
 from shared.jobs.processing import _only_of_version, lease_items
-from shared.jobs.versions import live_versions, pin_version, version_for_new_jobs
+from shared.jobs.versions import (
+    live_versions,
+    pin_version,
+    unpin_unserved,
+    version_for_new_jobs,
+)
 from tests.shared import database as db
 from tests.shared.database import add_job, claim, scope
 
@@ -100,3 +105,17 @@ def test_items_of_a_job_another_version_pinned_meanwhile_go_back_untouched(
         item = session.get(Item, other)
         assert item is not None
         assert (item.status, item.leased_by, item.attempts) == ("queued", None, 0)
+
+
+def test_an_unstarted_job_whose_version_lost_its_workers_is_freed(database: str) -> None:
+    waiting, started = add_job(1), add_job(2)
+    pin(waiting, "retired")
+    pin(started, "retired")
+    with scope() as session:
+        session.get(Job, started).status = "running"  # type: ignore[union-attr]
+        assert unpin_unserved(session, 30) == []  # no live worker at all: nothing changes
+    beat("classify@a:1", Serving("current", "int8", None), started_minutes_ago=1)
+    with scope() as session:
+        assert unpin_unserved(session, 30) == [waiting]
+    assert versions_of(waiting)[0] is None  # the next worker to claim it pins it
+    assert versions_of(started)[0] == "retired"  # part-run: it keeps its version
