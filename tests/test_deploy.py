@@ -101,3 +101,82 @@ def test_each_role_image_installs_only_what_it_runs() -> None:
         if "==" in line and not line.startswith("#")
     }
     assert {"openvino", "tensorflow-cpu", "fastapi", "celery"} <= pinned
+
+
+def _kubernetes() -> dict[str, dict[str, Any]]:
+    """Every object in deploy/kubernetes, by kind/name."""
+    folder = PROJECT_ROOT / "deploy" / "kubernetes"
+    objects: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            name = document.get("metadata", {}).get("name", path.stem)
+            objects[f"{document['kind']}/{name}"] = document
+    return objects
+
+
+def _container(objects: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
+    spec = objects[key]["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    return dict(container, terminationGracePeriodSeconds=spec.get("terminationGracePeriodSeconds"))
+
+
+def test_kubernetes_manifests_run_commands_probes_and_settings_that_exist() -> None:
+    from worker.batching import pass_deadline
+
+    objects = _kubernetes()
+    kustomization = objects["Kustomization/kustomization"]
+    for resource in kustomization["resources"]:
+        assert (PROJECT_ROOT / "deploy" / "kubernetes" / resource).is_file(), resource
+    config = objects["ConfigMap/intel-classifier"]["data"]
+    assert set(config) <= SETTINGS | AWS, set(config) - SETTINGS - AWS
+    assert config["AUTH_ENABLED"] == "true"
+    for key, image in (
+        ("Job/intel-classifier-migrate", "intel-classifier-api:latest"),
+        ("Deployment/intel-classifier-api", "intel-classifier-api:latest"),
+        ("Deployment/intel-classifier-worker", "intel-classifier-worker:latest"),
+        ("Deployment/intel-classifier-webhooks", "intel-classifier-api:latest"),
+    ):
+        container = (
+            objects[key]["spec"]["template"]["spec"]["containers"][0]
+            if key.startswith("Job/")
+            else _container(objects, key)
+        )
+        _check_command(container["command"])
+        assert container["image"] == image  # only the worker image carries OpenVINO
+        assert {
+            ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]
+        } == {"intel-classifier"}
+    api = _container(objects, "Deployment/intel-classifier-api")
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert api["ports"][0]["containerPort"] == Settings().port
+    for key, role in (
+        ("Deployment/intel-classifier-worker", "classify"),
+        ("Deployment/intel-classifier-webhooks", "webhooks"),
+    ):
+        probe = _container(objects, key)["livenessProbe"]["exec"]["command"]
+        _check_command(probe)
+        assert probe[1:] == ["alive", "--role", role]
+    worker = _container(objects, "Deployment/intel-classifier-worker")
+    settings = Settings()
+    # A scaled-in worker gets long enough to finish the batch in hand.
+    assert worker["terminationGracePeriodSeconds"] >= (
+        settings.decode_timeout_seconds + pass_deadline(settings)
+    )
+
+
+def test_autoscalers_follow_metrics_the_api_exports() -> None:
+    objects = _kubernetes()
+    exported = (PROJECT_ROOT / "api" / "routes" / "metrics.py").read_text()
+    scaled = objects["ScaledObject/intel-classifier-worker"]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "intel-classifier-worker"
+    queries = [trigger["metadata"]["query"] for trigger in scaled["triggers"]]
+    assert queries == ["max(intel_queue_depth)", "max(intel_oldest_queued_item_age_seconds)"]
+    for query in queries:
+        assert f'"{query[4:-1]}"' in exported  # the metric's name as /metrics spells it
+    hpa = objects["HorizontalPodAutoscaler/intel-classifier-worker"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "intel-classifier-worker"
+    [metric] = hpa["metrics"]
+    assert metric["external"]["metric"]["name"] == "intel_queue_depth"
+    for spec in (scaled["advanced"]["horizontalPodAutoscalerConfig"], hpa):
+        assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
