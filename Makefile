@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export BASE_WEIGHTS ?= $(if $(wildcard $(SHARED)/models/xception_imagenet_notop.weights.h5),$(SHARED)/models/xception_imagenet_notop.weights.h5,imagenet)
 
-.PHONY: setup run test bench soak lint typecheck pytest clean lock
+.PHONY: setup run test bench capacity soak lint typecheck pytest clean lock
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ run: setup
 
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
+
+# The capacity simulation (docs/capacity.md): workers needed for a load, in seconds.
+capacity: setup
+	$(BIN)/python -m bench.capacity $(ARGS)
 
 soak: setup
 	$(BIN)/pytest -m soak -s tests/soak $(PYTEST_ARGS)
