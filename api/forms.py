@@ -16,6 +16,8 @@ from shared.errors import InvalidInput, LimitExceeded
 from shared.jobs.intake import Upload, is_zip
 from shared.text_rules import parse_json_object
 
+# A model version is a short name (`jobs.model_version` holds 64 characters).
+MAX_MODEL_NAME = 64
 JOB_FILES_FIELD = "send an image or a .zip as the multipart field `file` (more as `files`)"
 ONE_IMAGE_FIELD = "send one image as the multipart field `file`"
 
@@ -68,3 +70,15 @@ def one_image(file: UploadFile | None) -> Upload:
             "(send archives to POST /jobs)"
         )
     return upload
+
+
+def model_name(raw: str | None) -> str | None:
+    """The `model` field: a version name from GET /models, or None for the default."""
+    if not raw:
+        return None
+    if len(raw) > MAX_MODEL_NAME or not raw.isprintable():
+        raise InvalidInput(
+            f"model must be a version name of at most {MAX_MODEL_NAME} printable "
+            "characters, as GET /models lists them"
+        )
+    return raw

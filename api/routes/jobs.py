@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep, UnitsDep
 from api.errors import ERROR_RESPONSES
-from api.forms import job_fields, job_uploads
+from api.forms import job_fields, job_uploads, model_name
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared import unit_of_work
 from shared.classifier.labels import CLASSES
@@ -93,7 +93,7 @@ def create(
         webhook_url=fields.webhook_url,
         webhook_events=fields.webhook_events,
         metadata=fields.metadata,
-        model=model or None,
+        model=model_name(model),
     )
     unit_of_work.commit(session)
     response.headers["Location"] = f"/jobs/{submission.job.id}"

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep, WaitersDep
 from api.errors import ERROR_RESPONSES
-from api.forms import one_image
+from api.forms import model_name, one_image
 from api.schemas import PredictOut
 from api.waiting import wait_until_final
 from shared import unit_of_work
@@ -74,7 +74,7 @@ async def predict(
     woken = waiters.expect(job_id)  # before the commit: no word of its end can be missed
     try:
         await run_in_threadpool(
-            _submit, session, storage, settings, file, caller.key_id, job_id, model or None
+            _submit, session, storage, settings, file, caller.key_id, job_id, model_name(model)
         )
         ended = await wait_until_final(session, job_id, settings.predict_timeout_seconds, woken)
     finally:

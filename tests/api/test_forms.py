@@ -7,7 +7,7 @@ import io
 import pytest
 from fastapi import UploadFile
 
-from api.forms import job_fields, job_uploads, one_image
+from api.forms import job_fields, job_uploads, model_name, one_image
 from shared.errors import InvalidInput, LimitExceeded
 from tests.conftest import image_bytes, zip_bytes
 
@@ -53,3 +53,12 @@ def test_predict_takes_one_image_and_refuses_an_archive() -> None:
     with pytest.raises(InvalidInput, match="send archives to POST /jobs"):
         one_image(part("photos.jpg", zip_bytes({"a.png": image_bytes()})))
     assert one_image(part("a.png", image_bytes())).filename == "a.png"
+
+
+def test_a_model_name_is_short_and_printable_before_any_lookup() -> None:
+    assert model_name(None) is None
+    assert model_name("") is None
+    assert model_name("b640abfba5e8-int8") == "b640abfba5e8-int8"
+    for hostile in ("x" * 65, "v1\x00", "v1\n"):
+        with pytest.raises(InvalidInput, match="at most 64 printable characters"):
+            model_name(hostile)
