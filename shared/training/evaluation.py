@@ -20,6 +20,10 @@ from shared.training.dataset import (
 from shared.training.features import content_hashes
 from shared.training.metrics import classification_report
 
+# How a long step reports progress: given a description and a total, a function that
+# advances by n (the CLI's bar; None: silent).
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
 # How much accuracy an INT8 form may lose against fp32 on the test split and still ship.
 MAX_ACCURACY_DROP = 0.005  # half a point
 
@@ -62,7 +66,7 @@ def evaluate_images(
     *,
     batch_size: int = 16,
     max_pixels: int = 40_000_000,
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     advance = progress("evaluating", len(images)) if progress else None
     y_true: list[int] = []

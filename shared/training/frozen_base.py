@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,12 @@ from shared.classifier.preprocessing import preprocess
 from shared.errors import InvalidInput
 from shared.training.config import TrainConfig
 from shared.training.dataset import LabelledImage, list_labelled_images, stratified_split
-from shared.training.evaluation import MAX_ACCURACY_DROP, evaluate_images, select_holdout
+from shared.training.evaluation import (
+    MAX_ACCURACY_DROP,
+    ProgressFactory,
+    evaluate_images,
+    select_holdout,
+)
 from shared.training.features import FeatureSpec, compute_features, content_hashes
 from shared.training.metrics import classification_report
 from shared.training.plots import plot_confusion_matrix, plot_training_curves
@@ -46,9 +50,6 @@ class TrainResult:
     output_dir: Path
     seconds: float
     images_computed: int
-
-
-ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 
 def train(
@@ -217,7 +218,7 @@ def quantize_model(
     *,
     calibration_size: int = 300,
     batch_size: int = 16,
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Write the INT8 model and its report beside the cached fp32 form; return the report."""
     import nncf
@@ -277,7 +278,7 @@ def _compare(
     int8: Classifier,
     holdout: list[LabelledImage],
     batch_size: int,
-    progress: Callable[[str, int], Callable[[int], None]] | None,
+    progress: ProgressFactory | None,
 ) -> dict[str, Any]:
     results = {}
     for name, classifier in (("fp32", fp32), ("int8", int8)):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from shared.training.dataset import (
     list_labelled_images,
     stratified_three_way,
 )
-from shared.training.evaluation import MAX_ACCURACY_DROP
+from shared.training.evaluation import MAX_ACCURACY_DROP, ProgressFactory
 from shared.training.features import FeatureSpec, compute_features, content_hashes
 from shared.training.finetune import fit, logits_of
 from shared.training.metrics import classification_report
@@ -53,8 +52,6 @@ from shared.training.metrics import classification_report
 log = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.99
-
-ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 
 @dataclass(frozen=True)
