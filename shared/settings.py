@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     database_pool_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Wait for a free connection before answering 503"
     )
+    database_silent_client_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        description="Postgres ends a session idle in a transaction (or not acknowledging) this "
+        "long, releasing its locks: a partitioned host cannot stall the others for longer",
+    )
     host: str = "127.0.0.1"
     port: int = 9696
 

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import metrics, outbox
-from shared.db.session import PoolSize, begin_write, engine_for
+from shared.db.session import ConnectionLimits, begin_write, engine_for
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class UnitOfWorkFactory:
     """Opens this process's units of work on its database, each sending through `sender`."""
 
     def __init__(self, settings: Settings, sender: outbox.Sender | None = None) -> None:
-        engine = engine_for(settings.resolved_database_url, PoolSize.of(settings))
+        engine = engine_for(settings.resolved_database_url, ConnectionLimits.of(settings))
         self._make = sessionmaker(engine, class_=UnitOfWork, expire_on_commit=False)
         self.sender = sender
 

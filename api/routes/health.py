@@ -11,7 +11,7 @@ from sqlalchemy import text
 from api.deps import SettingsDep, UnitsDep
 from api.schemas import Health
 from shared import heartbeats
-from shared.db.session import PoolSize, engine_for
+from shared.db.session import ConnectionLimits, engine_for
 from shared.settings import Settings
 from shared.unit_of_work import UnitOfWorkFactory
 
@@ -37,7 +37,7 @@ def readyz(settings: SettingsDep, units: UnitsDep) -> JSONResponse:
 
 def _check_database(settings: Settings) -> str:
     try:
-        engine = engine_for(settings.resolved_database_url, PoolSize.of(settings))
+        engine = engine_for(settings.resolved_database_url, ConnectionLimits.of(settings))
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as exc:

@@ -22,23 +22,51 @@ PING_AFTER_IDLE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
-class PoolSize:
-    """Connections one process may hold (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW)."""
+class ConnectionLimits:
+    """Connections one process may hold (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW), and
+    how long Postgres keeps a session whose client went silent mid-transaction."""
 
     size: int = 10
     overflow: int = 10
     timeout_seconds: float = 10.0
+    silent_client_seconds: float = 10.0
 
     @classmethod
-    def of(cls, settings: Settings) -> PoolSize:
+    def of(cls, settings: Settings) -> ConnectionLimits:
         return cls(
             settings.database_pool_size,
             settings.database_max_overflow,
             settings.database_pool_timeout_seconds,
+            settings.database_silent_client_seconds,
         )
 
 
-def make_engine(url: str, pool: PoolSize = PoolSize()) -> Engine:
+def _postgres_session_limits(silent_client_seconds: float) -> dict[str, Any]:
+    """Ask the server to end a session whose client went silent holding a transaction.
+
+    A host cut off the network (or frozen) mid-transaction keeps its row locks
+    until Postgres notices it is gone, and every other host waits on them: the
+    whole cluster stalls behind one partitioned worker. So the server ends a
+    session idle in a transaction, or whose sent data goes unacknowledged, after
+    `silent_client_seconds`; its locks go, the others carry on, and the cut-off
+    host finds its transaction gone when it comes back. No transaction here waits
+    on its client that long on purpose (requests and batches never hold one open
+    across an upload, a decode or a forward pass). Keepalives let the client
+    notice a silent server the same way.
+    """
+    millis = int(silent_client_seconds * 1000)
+    return {
+        "options": f"-c idle_in_transaction_session_timeout={millis} -c tcp_user_timeout={millis}",
+        "connect_timeout": max(2, int(silent_client_seconds)),
+        "tcp_user_timeout": millis,
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(silent_client_seconds / 2)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+    }
+
+
+def make_engine(url: str, pool: ConnectionLimits = ConnectionLimits()) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         if parsed.drivername == "postgresql":
@@ -50,6 +78,7 @@ def make_engine(url: str, pool: PoolSize = PoolSize()) -> Engine:
             pool_size=pool.size,
             max_overflow=pool.overflow,
             pool_timeout=pool.timeout_seconds,
+            connect_args=_postgres_session_limits(pool.silent_client_seconds),
         )
         _ping_idle_connections(engine)
         return engine
@@ -111,7 +140,7 @@ _engines: list[Engine] = []
 
 
 @lru_cache(maxsize=4)
-def engine_for(url: str, pool: PoolSize = PoolSize()) -> Engine:
+def engine_for(url: str, pool: ConnectionLimits = ConnectionLimits()) -> Engine:
     engine = make_engine(url, pool)
     _engines.append(engine)
     return engine
