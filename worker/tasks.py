@@ -137,17 +137,28 @@ def _exit_when_stalled(context: WorkerContext) -> None:
     The pool child beats only while it makes progress; a child stuck in a pass
     (or on the database) stops, and this ends the worker so whatever runs it
     (`serve`'s supervisor, a container's restart policy) starts a fresh one.
+
+    A partition is not a stall: while the database cannot be reached (or answers
+    slower than a beat), nobody's heartbeat can be written, so the watch trusts a
+    stale heartbeat only once the database has answered promptly for a whole
+    WORKER_STALE_SECONDS; a healthy child beats again well within that.
     """
     settings = context.settings
     name = f"classify@{socket.gethostname()}:{os.getpid()}"
+    reachable_since = time.monotonic()
     while True:
         time.sleep(settings.heartbeat_interval_seconds)
+        asked = time.monotonic()
         try:
             with context.units.scope(write=False) as session:
                 stalled = heartbeats.stale(session, name, settings.worker_stale_seconds)
         except Exception:  # the database is away: that is not this worker's stall
+            reachable_since = time.monotonic()
             continue
-        if stalled:
+        if time.monotonic() - asked > settings.heartbeat_interval_seconds:
+            reachable_since = time.monotonic()  # it answered, but only just: not trusted yet
+            continue
+        if stalled and time.monotonic() - reachable_since >= settings.worker_stale_seconds:
             log.error("this worker makes no progress (heartbeat stale); exiting to be restarted")
             os._exit(1)
 
