@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export BASE_WEIGHTS ?= $(if $(wildcard $(SHARED)/models/xception_imagenet_notop.weights.h5),$(SHARED)/models/xception_imagenet_notop.weights.h5,imagenet)
 
-.PHONY: setup run test bench capacity soak lint typecheck pytest clean lock
+.PHONY: setup run test bench capacity soak cluster-test lint typecheck pytest clean lock
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ capacity: setup
 
 soak: setup
 	$(BIN)/pytest -m soak -s tests/soak $(PYTEST_ARGS)
+
+# The service as separate hosts in network namespaces (root; tests/cluster). `make test`
+# runs it too; this runs it alone, with its figures.
+cluster-test: setup
+	$(BIN)/pytest -s tests/cluster $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
