@@ -2,8 +2,11 @@
 #   docker build --target api     -t intel-image-classifier:api .      (no OpenVINO, no TensorFlow)
 #   docker build --target worker  -t intel-image-classifier:worker .   (OpenVINO; runs models/default)
 #   docker build --target trainer -t intel-image-classifier:trainer .  (TensorFlow too: train, export)
-# Every install is pinned by constraints.txt (`make lock` refreshes it).
-FROM python:3.11-slim AS base
+# Every install is pinned by constraints.txt (`make lock` refreshes it). BASE_IMAGE is any
+# Debian-like image whose `python`/`pip` are Python 3.11+; `make compose-test` passes one
+# it built from Debian's packages with debootstrap, as no registry is reachable there.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS base
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2 DATA_DIR=/data
 WORKDIR /app

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export BASE_WEIGHTS ?= $(if $(wildcard $(SHARED)/models/xception_imagenet_notop.weights.h5),$(SHARED)/models/xception_imagenet_notop.weights.h5,imagenet)
 
-.PHONY: setup run test bench capacity soak cluster-test lint typecheck pytest clean lock
+.PHONY: setup run test bench capacity soak cluster-test compose-test lint typecheck pytest clean lock
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ soak: setup
 # runs it too; this runs it alone, with its figures.
 cluster-test: setup
 	$(BIN)/pytest -s tests/cluster $(PYTEST_ARGS)
+
+# The Dockerfile's images and the compose stack, built and run in a private dockerd (root;
+# tests/compose): minutes of downloads and builds, so not part of `make test`.
+compose-test: setup
+	$(BIN)/pytest -m compose -s tests/compose $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
