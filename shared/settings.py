@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     request_body_min_bytes_per_second: float = Field(
         default=16 * 1024, gt=0, description="The slowest upload rate a body is allowed"
     )
+    access_log: bool = Field(
+        default=False, description="Log a line per HTTP request (`--access-log` on api and serve)"
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 

@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from testkit.processes import Service, free_port, service_env, wait_for
@@ -54,8 +55,12 @@ def test_sigterm_to_serve_stops_its_workers(tmp_path: Path) -> None:
     )
     assert f"ready: {service.url} — model " in ready
     assert "Ctrl-C stops everything" in ready
+    # Requests after the ready line are not logged either (ACCESS_LOG is off): a client
+    # polling its job does not flood the terminal.
+    for _ in range(3):
+        assert httpx.get(f"{service.url}/jobs", timeout=10).status_code == 200
     noise = ("-------------- celery@", "No hostname was supplied", "superuser privileges")
-    for line in (*noise, "Uvicorn running on", "GET /readyz"):
+    for line in (*noise, "Uvicorn running on", "GET /readyz", "GET /jobs"):
         assert line not in serve.output()
     serve.stop(signal.SIGTERM)
     wait_for(lambda: not any(_alive(pid) for pid in children), 60, "the workers to exit")

@@ -22,13 +22,26 @@ if TYPE_CHECKING:
     from shared.unit_of_work import UnitOfWorkFactory
 
 
+AccessLog = Annotated[
+    bool | None,
+    typer.Option("--access-log/--no-access-log", help="A line per request (env ACCESS_LOG)."),
+]
+
+
 @app.command()
 def api(
     host: Annotated[str | None, typer.Option(help="Interface (env HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env PORT, default 9696).")] = None,
+    access_log: AccessLog = None,
 ) -> None:
     """Run the HTTP API only (any number of API processes may share one database)."""
-    _run_api(get_settings(), host, port)
+    _run_api(_with_access_log(get_settings(), access_log), host, port)
+
+
+def _with_access_log(settings: Settings, access_log: bool | None) -> Settings:
+    return (
+        settings if access_log is None else settings.model_copy(update={"access_log": access_log})
+    )
 
 
 def _run_api(settings: Settings, host: str | None, port: int | None) -> None:
@@ -47,6 +60,7 @@ def _run_api(settings: Settings, host: str | None, port: int | None) -> None:
             settings.request_body_min_bytes_per_second,
         ),
         log_config=None,  # configure_logging() set up the root logger; uvicorn's propagate
+        access_log=settings.access_log,
         timeout_graceful_shutdown=10,
     )
 
@@ -127,6 +141,7 @@ def webhooks(
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface (env HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env PORT, default 9696).")] = None,
+    access_log: AccessLog = None,
 ) -> None:
     """Migrate, then run the API, one worker and one webhook worker (embedded defaults)."""
     from intel_classifier.supervisor import Supervisor
@@ -134,7 +149,7 @@ def serve(
     from shared.process import die_with_parent
     from shared.unit_of_work import UnitOfWorkFactory
 
-    settings = get_settings()
+    settings = _with_access_log(get_settings(), access_log)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     if not settings.auth_enabled:

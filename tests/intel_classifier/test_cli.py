@@ -8,9 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shared.classifier import artifact
@@ -18,6 +20,7 @@ from shared.classifier.labels import CLASSES
 from shared.settings import DEFAULT_MODEL_PATH
 from shared.training.dataset import list_labelled_images
 from shared.training.evaluation import select_holdout
+from testkit.processes import Service, free_port, service_env, wait_for
 from tests.conftest import image_bytes, sample_dataset
 
 pytestmark = pytest.mark.model
@@ -160,3 +163,26 @@ def test_help_speaks_in_words_with_defaults(command: str) -> None:
     if command in {"submit", "cancel"}:
         assert "[default:" in text
         assert "http://127.0.0.1:9696" in text
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_api_logs_requests_only_when_asked(tmp_path: Path, asked: bool) -> None:
+    service = Service(service_env(tmp_path), tmp_path, free_port())
+    service.migrate()
+    flags = ["--access-log"] if asked else []
+    process = service.spawn("api", "api", "--port", str(service.port), *flags)
+    try:
+        wait_for(lambda: _answers(f"{service.url}/healthz"), 60, "the API")
+        httpx.get(f"{service.url}/jobs", timeout=10)
+        wait_for(lambda: "Uvicorn running" in process.output(), 10, "uvicorn's start line")
+        time.sleep(0.5)  # a logged line would be written by now
+        assert ('"GET /jobs HTTP/1.1" 200' in process.output()) is asked
+    finally:
+        service.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
