@@ -7,20 +7,33 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export BASE_WEIGHTS ?= $(if $(wildcard $(SHARED)/models/xception_imagenet_notop.weights.h5),$(SHARED)/models/xception_imagenet_notop.weights.h5,imagenet)
 
-.PHONY: setup run test bench capacity soak cluster-test compose-test lint typecheck pytest clean lock
+.PHONY: setup serve-setup run test bench capacity soak cluster-test compose-test lint typecheck pytest clean lock
 
 setup: $(VENV)/.installed
 
+# What serving needs (`.[worker]`: the API, the workers, OpenVINO; no TensorFlow, no
+# test tools): all `make run` installs. `make test` installs the rest.
+serve-setup: $(VENV)/.installed-serve
+
+$(VENV)/.installed-serve: pyproject.toml
+	$(call install,worker)
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
+	$(call install,dev)
+	touch $@ $(VENV)/.installed-serve
+
+# $(call install,EXTRAS): create .venv when missing, then install the project with EXTRAS.
+# setuptools warns, on every editable install of a flat layout, about folders named like
+# the packages (they are the packages; ../shared is data): not for users' eyes.
+define install
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# setuptools warns, on every editable install of a flat layout, about folders named
-	@# like the packages (they are the packages; ../shared is data): not for users' eyes.
-	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[$(1)]'
+endef
 
-run: setup
+run: serve-setup
 	$(BIN)/intel-classifier serve $(ARGS)
 
 bench: setup
