@@ -17,13 +17,14 @@ DEFAULT_URL = "http://127.0.0.1:9696"
 
 
 class ClientError(Exception):
-    """The service refused a request; `message` is its own words."""
+    """The service refused a request; `message` is its own words, `url` what was asked."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{message} (HTTP {status}, {code})")
+    def __init__(self, status: int, code: str, message: str, url: str = "") -> None:
+        super().__init__(f"{message} (HTTP {status}, {code}{', ' + url if url else ''})")
         self.status = status
         self.code = code
         self.message = message
+        self.url = url
 
 
 class _Counting:
@@ -130,9 +131,12 @@ class Client:
                 raise TimeoutError(f"job {current.id} still {current.status} after {timeout}s")
             time.sleep(poll_seconds)
 
-    def iter_results(self, job: Job | str) -> Iterator[ItemResult]:
+    def iter_results(self, job: Job | str, status: str | None = None) -> Iterator[ItemResult]:
+        """Every result, in upload order; only those with `status` when given."""
         for page in self._pages(job):
-            yield from (ItemResult.from_json(item) for item in page["items"])
+            for item in page["items"]:
+                if status is None or item["status"] == status:
+                    yield ItemResult.from_json(item)
 
     def results(self, job: Job | str) -> list[ItemResult]:
         return list(self.iter_results(job))
@@ -176,6 +180,7 @@ class Client:
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
+        asked = f"{response.request.method} {response.request.url}"
         try:
             body: Any = response.json()
         except ValueError:
@@ -186,9 +191,15 @@ class Client:
                 response.status_code,
                 error.get("code", "http_error"),
                 error.get("message") or response.text[:200] or response.reason_phrase,
+                asked,
             )
         if not isinstance(body, dict):
-            raise ClientError(response.status_code, "bad_response", "the server did not send JSON")
+            raise ClientError(
+                response.status_code,
+                "bad_response",
+                "the server did not send JSON: is --server this service's URL?",
+                asked,
+            )
         return body
 
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import httpx
 import typer
@@ -47,22 +47,30 @@ def _connected(server: str, api_key: str | None) -> Iterator[Client]:
         with Client(server, api_key) as client:
             yield client
     except ClientError as exc:
-        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        typer.secho(f"error: {exc.url}: {exc.message} (HTTP {exc.status})", err=True, fg="red")
         raise typer.Exit(EXIT_REFUSED) from exc
     except httpx.TransportError as exc:
         typer.secho(
-            f"error: cannot reach the service at {server} ({exc}); start it with `make run`, "
-            "or point --server (INTEL_CLASSIFIER_URL) at it",
+            f"error: cannot reach the service at {_url_of(exc, server)} ({exc}); start it with "
+            "`make run`, or point --server (INTEL_CLASSIFIER_URL) at it",
             err=True,
             fg="red",
         )
         raise typer.Exit(EXIT_REFUSED) from exc
     except httpx.HTTPError as exc:
-        typer.secho(f"error: {server}: {exc}", err=True, fg="red")
+        typer.secho(f"error: {_url_of(exc, server)}: {exc}", err=True, fg="red")
         raise typer.Exit(EXIT_REFUSED) from exc
     except FileNotFoundError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(EXIT_USAGE) from exc
+
+
+def _url_of(exc: httpx.HTTPError, server: str) -> str:
+    """The URL the failed request was for (the server's own when it is not known)."""
+    try:
+        return str(exc.request.url)
+    except RuntimeError:  # raised before any request was made
+        return server
 
 
 def submit(
@@ -78,6 +86,12 @@ def submit(
     With --wait: a progress bar until the job ends, then the results in --output
     and a count per class. Exit status 1 when any image failed.
     """
+    # Everything that can be checked here is, before a byte is uploaded.
+    if output is not None and not wait:
+        _usage_error("--output needs --wait: the results exist only once the job ends")
+    output_format = _format_of(output) if output is not None else None
+    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+        _usage_error(f"--webhook-url must be an http(s) URL, not {webhook_url!r}")
     with _connected(server, api_key) as client:
         with _bar("upload", unit="B", unit_scale=True) as uploaded:
             job = client.submit(paths, webhook_url=webhook_url, on_upload=uploaded)
@@ -87,10 +101,12 @@ def submit(
             return
         with _bar("classify", unit="img") as progressed:
             job = client.wait(job, on_progress=lambda j: progressed(j.done, j.total, j.failed))
-        if output is not None:
-            client.download(job, output, _format_of(output))
+        if output is not None and output_format is not None:
+            client.download(job, output, output_format)
             typer.echo(f"wrote {output}", err=True)
         _print_summary(job)
+        if job.failed:
+            _print_failures(client, job)
     if job.failed or job.status != "succeeded":
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -141,9 +157,27 @@ def cancel(
 def _format_of(path: Path) -> str:
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in {"csv", "json", "jsonl"}:
-        typer.secho(f"error: --output must end in .csv, .json or .jsonl, not {path.name}", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        _usage_error(f"--output must end in .csv, .json or .jsonl, not {path.name}")
     return suffix
+
+
+def _usage_error(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(EXIT_USAGE)
+
+
+FAILURES_SHOWN = 20
+
+
+def _print_failures(client: Client, job: Job) -> None:
+    """Which files failed, and why (the first FAILURES_SHOWN; `results` has them all)."""
+    typer.echo("failed:", err=True)
+    for shown, item in enumerate(client.iter_results(job, status="failed")):
+        if shown == FAILURES_SHOWN:
+            typer.echo(f"  … and {job.failed - shown} more: intel-classifier results {job.id}",
+                       err=True)  # fmt: skip
+            return
+        typer.echo(f"  {item.filename}: {item.error}", err=True)
 
 
 def _print_summary(job: Job) -> None:

@@ -107,13 +107,23 @@ def _quiet_celery() -> None:
     warnings.filterwarnings("ignore", category=SecurityWarning)
 
 
-@app.command()
+webhooks_app = typer.Typer(
+    help="Run a webhook delivery worker (no subcommand), or make a signing secret.",
+    invoke_without_command=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.callback()
 def webhooks(
+    ctx: typer.Context,
     concurrency: Annotated[int, typer.Option(help="Deliveries in flight at once.")] = 8,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     quiet: Annotated[bool, typer.Option(help="Without Celery's start-up banner.")] = False,
 ) -> None:
     """Run one webhook delivery worker (no model; threads, so slow receivers do not block)."""
+    if ctx.invoked_subcommand is not None:
+        return
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
     from shared.queue import WEBHOOK_QUEUE
     from worker import context
@@ -137,6 +147,14 @@ def webhooks(
     )
 
 
+@webhooks_app.command("secret")
+def webhook_secret() -> None:
+    """Print a new signing secret (whsec_ + 32 random bytes, base64) for WEBHOOK_SECRETS."""
+    from shared.webhooks.signing import new_secret
+
+    typer.echo(new_secret())
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface (env HOST).")] = None,
@@ -151,6 +169,7 @@ def serve(
 
     settings = _with_access_log(get_settings(), access_log)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration: not news
     upgrade(settings.resolved_database_url)
     if not settings.auth_enabled:
         typer.secho(

@@ -5,10 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from secrets import token_bytes
 
 from shared.errors import InvalidInput
 
 PREFIX = "whsec_"
+
+
+def new_secret() -> str:
+    """A fresh signing secret: 32 random bytes, as WEBHOOK_SECRETS takes them."""
+    return PREFIX + base64.b64encode(token_bytes(32)).decode()
 
 
 def secret_bytes(secret: str) -> bytes:

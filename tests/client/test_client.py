@@ -65,6 +65,8 @@ def test_submit_a_folder_wait_and_get_a_csv(
     summary = dict(line.split() for line in done.stdout.splitlines())
     assert summary == {**{label: "1" for label in expected.values()}, "failed": "1"}
     assert f"wrote {output}" in done.stderr
+    # --wait names the files that failed, and why.
+    assert "failed:\n  holiday/notes.txt: not an image" in done.stderr
 
 
 def test_images_only_exit_0_and_json_output(
@@ -99,11 +101,23 @@ def test_status_results_and_cancel_commands(
     assert results.stdout.splitlines()[0].startswith("filename,status,class,confidence")
     assert len(results.stdout.splitlines()) == 2
     cancel = run_cli(service, key, "cancel", job_id)
-    assert cancel.returncode == 3  # refused by the service
-    assert f"error: job {job_id} already finished with status succeeded" in cancel.stderr
+    assert cancel.returncode == 3  # refused by the service, in its words, naming the URL
+    assert (
+        f"error: POST {service.url}/jobs/{job_id}/cancel: job {job_id} already finished "
+        "with status succeeded (HTTP 409)"
+    ) in cancel.stderr
     refused = run_cli(service, "ick_00000000_wrong", "status", job_id)
     assert refused.returncode == 3
-    assert "error: the API key is not valid" in refused.stderr
+    assert f"error: GET {service.url}/jobs/{job_id}: the API key is not valid" in refused.stderr
+    # A wrong --server path: the URL asked for is named, whatever answered it.
+    astray = subprocess.run(
+        [sys.executable, "-m", "intel_classifier", "status", job_id,
+         "--server", f"{service.url}/v9"],
+        env={**service.env, "INTEL_CLASSIFIER_API_KEY": key},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert astray.returncode == 3
+    assert f"error: GET {service.url}/v9/jobs/{job_id}: " in astray.stderr
     nobody = f"http://127.0.0.1:{free_port()}"
     unreachable = subprocess.run(
         [sys.executable, "-m", "intel_classifier", "status", job_id, "--server", nobody],
@@ -115,6 +129,28 @@ def test_status_results_and_cancel_commands(
     assert unreachable.returncode == 3
     assert f"error: cannot reach the service at {nobody}" in unreachable.stderr
     assert "make run" in unreachable.stderr
+
+
+def test_submit_refuses_what_it_cannot_use_before_uploading(
+    keyed_service: tuple[Service, str], photos: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    service, key = keyed_service
+    folder, _ = photos
+    with Client(service.url, key) as client:
+        before = client.http.get("/jobs", params={"limit": 500}).json()["items"]
+    unwaited = run_cli(service, key, "submit", str(folder), "--output", str(tmp_path / "r.csv"))
+    assert unwaited.returncode == 2
+    assert "error: --output needs --wait" in unwaited.stderr
+    spreadsheet = run_cli(
+        service, key, "submit", str(folder), "--wait", "--output", str(tmp_path / "r.xlsx")
+    )
+    assert spreadsheet.returncode == 2
+    assert "error: --output must end in .csv, .json or .jsonl, not r.xlsx" in spreadsheet.stderr
+    hookless = run_cli(service, key, "submit", str(folder), "--webhook-url", "ftp://x")
+    assert hookless.returncode == 2
+    with Client(service.url, key) as client:
+        after = client.http.get("/jobs", params={"limit": 500}).json()["items"]
+    assert after == before  # nothing was uploaded
 
 
 def test_the_python_client(

@@ -186,3 +186,18 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_webhooks_secret_prints_a_new_secret_the_signer_takes() -> None:
+    from shared.webhooks.signing import secret_bytes
+
+    made = [
+        subprocess.run(
+            [sys.executable, "-m", "intel_classifier", "webhooks", "secret"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        for _ in range(2)
+    ]  # fmt: skip
+    assert all(secret.startswith("whsec_") for secret in made)
+    assert [len(secret_bytes(secret)) for secret in made] == [32, 32]
+    assert made[0] != made[1]
