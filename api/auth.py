@@ -8,6 +8,7 @@ is rate-limited per key here too, before the upload streams in.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -28,6 +29,7 @@ PUBLIC_PATHS = frozenset(
 )
 PUBLIC_PREFIXES = ("/static/", "/docs/")
 JOB_CREATING = frozenset({("POST", "/jobs"), ("POST", "/predict")})
+RETRY_PATH = re.compile(r"/jobs/[^/]+/retry")
 STATE_KEY = "intel_api_key_id"
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `intel-classifier keys create`")
@@ -73,7 +75,7 @@ class Authentication:
                 header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
                 key_id = await anyio.to_thread.run_sync(_key_id, self.units, header)
                 scope.setdefault("state", {})[STATE_KEY] = key_id
-            if (scope["method"], scope["path"].rstrip("/")) in JOB_CREATING:
+            if creates_job(scope["method"], scope["path"]):
                 bucket = key_id or _client_address(scope)
                 await anyio.to_thread.run_sync(check_job_rate, self.settings, bucket)
         except AppError as exc:
@@ -88,6 +90,12 @@ class Authentication:
             await database_error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def creates_job(method: str, path: str) -> bool:
+    """Requests that make a job, and so count against the key's job rate."""
+    path = path.rstrip("/")
+    return (method, path) in JOB_CREATING or (method == "POST" and bool(RETRY_PATH.fullmatch(path)))
 
 
 def _key_id(units: UnitOfWorkFactory, header: str) -> str:

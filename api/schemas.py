@@ -44,12 +44,16 @@ class JobOut(BaseModel):
     webhook_events: list[str] = Field(description="Optional events asked for besides the final one")
     metadata: dict[str, Any]
     error: str | None
+    retry_of: str | None = Field(
+        description="The job whose failed items this one runs again (POST /jobs/{id}/retry)"
+    )
     links: JobLinks
 
 
 class JobList(BaseModel):
     items: list[JobOut]
     next_cursor: str | None
+    total: int = Field(description="Jobs matching the filters, on every page")
 
 
 class ItemOut(BaseModel):

@@ -133,10 +133,8 @@ class Client:
 
     def iter_results(self, job: Job | str, status: str | None = None) -> Iterator[ItemResult]:
         """Every result, in upload order; only those with `status` when given."""
-        for page in self._pages(job):
-            for item in page["items"]:
-                if status is None or item["status"] == status:
-                    yield ItemResult.from_json(item)
+        for page in self._pages(job, {"status": status} if status else {}):
+            yield from (ItemResult.from_json(item) for item in page["items"])
 
     def results(self, job: Job | str) -> list[ItemResult]:
         return list(self.iter_results(job))
@@ -163,10 +161,12 @@ class Client:
             if isinstance(output, Path):
                 handle.close()
 
-    def _pages(self, job: Job | str) -> Iterator[dict[str, Any]]:
+    def _pages(
+        self, job: Job | str, filters: dict[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
         cursor: str | None = None
         while True:
-            params: dict[str, Any] = {"limit": 1000}
+            params: dict[str, Any] = {"limit": 1000, **(filters or {})}
             if cursor:
                 params["cursor"] = cursor
             page = self._json(self.http.get(f"/jobs/{_id(job)}/results", params=params))
@@ -174,6 +174,10 @@ class Client:
             cursor = page.get("next_cursor")
             if not cursor:
                 return
+
+    def retry(self, job: Job | str) -> Job:
+        """A new job of the finished job's failed items (ClientError 409 when none can run)."""
+        return Job.from_json(self._json(self.http.post(f"/jobs/{_id(job)}/retry")))
 
     def cancel(self, job: Job | str) -> Job:
         return Job.from_json(self._json(self.http.post(f"/jobs/{_id(job)}/cancel")))

@@ -24,6 +24,7 @@ CHUNK = 1 << 20
 class Storage(Protocol):
     def put(self, key: str, stream: IO[bytes]) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def copy(self, source: str, target: str) -> None: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def exists(self, key: str) -> bool: ...
@@ -59,6 +60,13 @@ class LocalStorage:
             return self._path(key).read_bytes()
         except FileNotFoundError as exc:
             raise UploadMissing(f"stored upload {key!r} is gone") from exc
+
+    def copy(self, source: str, target: str) -> None:
+        try:
+            with self._path(source).open("rb") as stream:
+                self.put(target, stream)
+        except FileNotFoundError as exc:
+            raise UploadMissing(f"stored upload {source!r} is gone") from exc
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -104,6 +112,16 @@ class S3Storage:
         except self.client.exceptions.NoSuchKey as exc:
             raise UploadMissing(f"stored upload {key!r} is gone") from exc
         return bytes(response["Body"].read())
+
+    def copy(self, source: str, target: str) -> None:
+        """Within the bucket, server-side: the bytes do not pass through this process."""
+        origin = {"Bucket": self.bucket, "Key": self._key(source)}
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(target), CopySource=origin)
+        except self.client.exceptions.NoSuchKey as exc:
+            raise UploadMissing(f"stored upload {source!r} is gone") from exc
+        except Exception as exc:
+            raise StorageUnavailable(f"cannot write to the upload bucket: {exc}") from exc
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

@@ -218,7 +218,9 @@ def _record(batch: InferredBatch[Claimed], runtime: Runtime) -> None:
             inference_ms=batch.inference_ms,
             progress_interval_seconds=runtime.settings.webhook_progress_interval_seconds,
         )
-    _delete_uploads(runtime, [item for item in batch.items if item.id in written])
+    # A failed item keeps its file until its job expires, so POST /jobs/{id}/retry can run it.
+    kept = {result.id for result in results if result.error}
+    _delete_uploads(runtime, [i for i in batch.items if i.id in written and i.id not in kept])
     log.info(
         "batch of %d from %d job(s) in %.0f ms",
         len(batch.items),

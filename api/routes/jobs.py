@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime
 
 from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep, UnitsDep
@@ -19,9 +20,10 @@ from api.forms import job_fields, job_uploads, model_name
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared import unit_of_work
 from shared.classifier.labels import CLASSES
-from shared.db.models import Job, JobSource, JobStatus
+from shared.db.models import ItemStatus, Job, JobSource, JobStatus
 from shared.jobs import records as job_service
 from shared.jobs.documents import job_document
+from shared.jobs.retry import retry_failed
 from shared.jobs.submission import submit_job
 from shared.unit_of_work import UnitOfWork, UnitOfWorkFactory
 
@@ -30,6 +32,9 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 # Rows a download reads in one short transaction.
 DOWNLOAD_PAGE_ROWS = 500
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+Label = StrEnum("Label", {name: name for name in CLASSES})  # type: ignore[misc]
 
 
 class ResultFormat(StrEnum):
@@ -110,13 +115,23 @@ def list_jobs(
     source: Annotated[
         JobSource | None, Query(description="Only jobs made by POST /jobs, or by POST /predict")
     ] = None,
+    created_after: Annotated[
+        AwareDatetime | None, Query(description="Only jobs created at or after this instant")
+    ] = None,
+    created_before: Annotated[
+        AwareDatetime | None, Query(description="Only jobs created before this instant")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobList:
-    page = job_service.list_jobs(
-        session, owner=caller.owner, status=status, limit=limit, cursor=cursor, source=source
+    """The caller's jobs, newest first, with how many match the filters in all."""
+    which = job_service.JobFilter(caller.owner, status, source, created_after, created_before)
+    page = job_service.list_jobs(session, which, limit=limit, cursor=cursor)
+    return JobList(
+        items=[job_out(session, job) for job in page.rows],
+        next_cursor=page.next_cursor,
+        total=job_service.count_jobs(session, which),
     )
-    return JobList(items=[job_out(session, job) for job in page.rows], next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -138,17 +153,23 @@ def results(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
     format: ResultFormat = ResultFormat.JSON,
+    status: Annotated[
+        ItemStatus | None, Query(description="Only items with this status (`failed`, …)")
+    ] = None,
+    label: Annotated[Label | None, Query(alias="class", description="Only this class")] = None,
 ) -> ResultsPage | StreamingResponse:
-    """A page of items, or with `format=csv`/`jsonl` every item as one download."""
+    """A page of items, or with `format=csv`/`jsonl` every item as one download; either
+    holds only the items of one `status` or `class` when asked."""
+    which = job_service.ItemFilter(status, label)
     if format is ResultFormat.JSON:
         page = job_service.results_page(
-            session, job_id, owner=caller.owner, limit=limit, cursor=cursor
+            session, job_id, owner=caller.owner, limit=limit, cursor=cursor, which=which
         )
         return ResultsPage(items=[ItemOut.of(i) for i in page.rows], next_cursor=page.next_cursor)
     # The first page is read here, so a missing job (404) or a busy database (503) is
     # answered before the download's 200 goes out.
-    first = _download_page(session, job_id, caller.owner, cursor=None)
-    items = _every_item(units, job_id, caller.owner, first)
+    first = _download_page(session, job_id, caller.owner, None, which)
+    items = _every_item(units, job_id, caller.owner, first, which)
     if format is ResultFormat.CSV:
         return StreamingResponse(
             _csv_rows(items),
@@ -159,11 +180,15 @@ def results(
 
 
 def _download_page(
-    session: UnitOfWork, job_id: str, owner: str | None, cursor: str | None
+    session: UnitOfWork,
+    job_id: str,
+    owner: str | None,
+    cursor: str | None,
+    which: job_service.ItemFilter,
 ) -> tuple[list[ItemOut], str | None]:
     """A page of the download as plain values, read while its session is open."""
     page = job_service.results_page(
-        session, job_id, owner=owner, limit=DOWNLOAD_PAGE_ROWS, cursor=cursor
+        session, job_id, owner=owner, limit=DOWNLOAD_PAGE_ROWS, cursor=cursor, which=which
     )
     return [ItemOut.of(item) for item in page.rows], page.next_cursor
 
@@ -173,6 +198,7 @@ def _every_item(
     job_id: str,
     owner: str | None,
     first: tuple[list[ItemOut], str | None],
+    which: job_service.ItemFilter,
 ) -> Iterator[ItemOut]:
     """Every item of the job, each page read in its own short transaction.
 
@@ -185,7 +211,7 @@ def _every_item(
         if cursor is None:
             return
         with units.scope(write=False) as unit:
-            rows, cursor = _download_page(unit, job_id, owner, cursor)
+            rows, cursor = _download_page(unit, job_id, owner, cursor, which)
 
 
 def _csv_rows(items: Iterator[ItemOut]) -> Iterator[str]:
@@ -224,6 +250,27 @@ def spreadsheet_safe(text: str) -> str:
 def _jsonl_rows(items: Iterator[ItemOut]) -> Iterator[str]:
     for item in items:
         yield json.dumps(item.model_dump(mode="json", by_alias=True)) + "\n"
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=JobOut,
+    responses={409: {"model": ErrorResponse, "description": "No failed item can run again"}},
+)
+def retry(
+    job_id: str,
+    response: Response,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+) -> JobOut:
+    """A new job of this finished job's failed items (`retry_of` names this one)."""
+    job = retry_failed(session, storage, settings, job_id, caller.owner)
+    unit_of_work.commit(session)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return job_out(session, job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

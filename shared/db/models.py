@@ -129,6 +129,9 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # `metadata` is reserved on declarative classes; the column keeps the API's name.
     client_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # The job whose failed items this one runs again (POST /jobs/{id}/retry). Not a
+    # foreign key: the original may expire or be deleted before its retry.
+    retry_of: Mapped[str | None] = mapped_column(String(36))
     error: Mapped[str | None] = mapped_column(Text)
     # Events beyond the final one the client asked for: job.started, job.progress.
     webhook_events: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")

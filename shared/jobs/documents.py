@@ -41,6 +41,7 @@ def job_document(session: UnitOfWork, job: Job) -> dict[str, Any]:
         "webhook_events": list(job.webhook_events or []),
         "metadata": job.client_metadata,
         "error": job.error,
+        "retry_of": job.retry_of,
         "links": {
             "self": f"/jobs/{job.id}",
             "results": f"/jobs/{job.id}/results",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 
 from shared import metrics, outbox, unit_of_work
 from shared.db.models import Item, ItemStatus, Job, JobSource, JobStatus, WebhookEvent, utcnow
@@ -34,6 +34,7 @@ def create_job(
     metadata: dict[str, Any] | None = None,
     source: JobSource = JobSource.JOBS,
     model_version: str | None = None,
+    retry_of: str | None = None,
 ) -> Job:
     """Insert the job and its items (the caller adds its message to the outbox).
 
@@ -52,6 +53,7 @@ def create_job(
         webhook_events=webhook_events or [],
         client_metadata=metadata or {},
         model_version=model_version,
+        retry_of=retry_of,
     )
     session.add(job)
     session.flush()
@@ -131,48 +133,76 @@ def _job_cursor(cursor: str) -> tuple[datetime, str]:
     return at, last_id
 
 
-def list_jobs(
-    session: UnitOfWork,
-    *,
-    owner: str | None,
-    status: str | None,
-    limit: int,
-    cursor: str | None,
-    source: str | None = None,
-) -> Page:
+@dataclass(frozen=True)
+class JobFilter:
+    """Which of the caller's jobs a listing holds (None: no condition)."""
+
+    owner: str | None = None
+    status: str | None = None
+    source: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def where(self, query: Select[Any]) -> Select[Any]:
+        conditions = {
+            Job.owner_id: self.owner,
+            Job.status: self.status,
+            Job.source: self.source,
+        }
+        for column, value in conditions.items():
+            if value is not None:
+                query = query.where(column == value)
+        if self.created_after is not None:
+            query = query.where(Job.created_at >= self.created_after)
+        if self.created_before is not None:
+            query = query.where(Job.created_at < self.created_before)
+        return query
+
+
+def list_jobs(session: UnitOfWork, which: JobFilter, *, limit: int, cursor: str | None) -> Page:
     """Newest first, keyset-paginated on (created_at, id)."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    if owner is not None:
-        query = query.where(Job.owner_id == owner)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if source is not None:
-        query = query.where(Job.source == source)
+    query = which.where(select(Job)).order_by(Job.created_at.desc(), Job.id.desc())
     if cursor:
         at, last_id = _job_cursor(cursor)
         query = query.where((Job.created_at < at) | ((Job.created_at == at) & (Job.id < last_id)))
-    jobs = list(session.scalars(query))
+    jobs = list(session.scalars(query.limit(limit + 1)))
     more = len(jobs) > limit
     jobs = jobs[:limit]
     next_cursor = encode_cursor([jobs[-1].created_at.isoformat(), jobs[-1].id]) if more else None
     return Page(jobs, next_cursor)
 
 
+def count_jobs(session: UnitOfWork, which: JobFilter) -> int:
+    return int(session.scalar(which.where(select(func.count()).select_from(Job))) or 0)
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """Which items of a job a results page holds (None: every one)."""
+
+    status: str | None = None
+    label: str | None = None
+
+
 def results_page(
-    session: UnitOfWork, job_id: str, *, owner: str | None, limit: int, cursor: str | None
+    session: UnitOfWork,
+    job_id: str,
+    *,
+    owner: str | None,
+    limit: int,
+    cursor: str | None,
+    which: ItemFilter = ItemFilter(),
 ) -> Page:
     get_job(session, job_id, owner)
     after = decode_cursor(cursor, int)[0] if cursor else -1
     if not -1 <= after < 2**31:  # positions are 32-bit integers in the database
         raise InvalidInput(f"cursor {cursor!r} is not one this service issued")
-    items = list(
-        session.scalars(
-            select(Item)
-            .where(Item.job_id == job_id, Item.position > after)
-            .order_by(Item.position)
-            .limit(limit + 1)
-        )
-    )
+    query = select(Item).where(Item.job_id == job_id, Item.position > after)
+    if which.status is not None:
+        query = query.where(Item.status == which.status)
+    if which.label is not None:
+        query = query.where(Item.label == which.label)
+    items = list(session.scalars(query.order_by(Item.position).limit(limit + 1)))
     more = len(items) > limit
     items = items[:limit]
     return Page(items, encode_cursor([items[-1].position]) if more else None)

@@ -244,6 +244,44 @@ def test_listing_filters_and_pages(client: httpx.Client) -> None:
     assert not set(ids) & {j["id"] for j in predicted}
 
 
+def test_listing_by_creation_time_with_a_total(client: httpx.Client) -> None:
+    made = [client.post("/jobs", files={"file": (f"{i}.jpg", JPEG)}).json() for i in range(3)]
+    every = client.get("/jobs", params={"limit": 1}).json()
+    assert len(every["items"]) == 1
+    assert every["total"] >= 3  # every matching job, not the page's
+    since = made[1]["created_at"]
+    later = client.get("/jobs", params={"created_after": since, "limit": 500}).json()
+    assert [j["id"] for j in later["items"]] == [made[2]["id"], made[1]["id"]]
+    assert later["total"] == 2
+    earlier = client.get("/jobs", params={"created_before": since, "limit": 500}).json()
+    assert made[0]["id"] in {j["id"] for j in earlier["items"]}
+    assert not {made[1]["id"], made[2]["id"]} & {j["id"] for j in earlier["items"]}
+    assert earlier["total"] == len(earlier["items"])
+    # A time without its zone is ambiguous: refused, not guessed.
+    naive = client.get("/jobs", params={"created_after": "2026-11-30T03:00:00"})
+    assert error_of(naive, 422)["code"] == "invalid_request"
+
+
+def test_results_filter_by_status_and_class(client: httpx.Client) -> None:
+    archive = zip_bytes({"a.jpg": JPEG, "notes.txt": b"not a photo", "b.jpg": JPEG})
+    job = client.post("/jobs", files={"file": ("mixed.zip", archive)}).json()
+    failed = client.get(f"/jobs/{job['id']}/results", params={"status": "failed"}).json()
+    assert [i["filename"] for i in failed["items"]] == ["notes.txt"]
+    queued = client.get(f"/jobs/{job['id']}/results", params={"status": "queued"}).json()
+    assert [i["filename"] for i in queued["items"]] == ["a.jpg", "b.jpg"]
+    as_csv = client.get(
+        f"/jobs/{job['id']}/results", params={"status": "failed", "format": "csv"}
+    ).text.splitlines()
+    assert len(as_csv) == 2
+    assert as_csv[1].startswith("notes.txt,failed")
+    forest = client.get(f"/jobs/{job['id']}/results", params={"class": "forest"}).json()
+    assert forest["items"] == []  # nothing is classified yet: no worker runs here
+    unknown = client.get(f"/jobs/{job['id']}/results", params={"class": "castle"})
+    assert error_of(unknown, 422)["code"] == "invalid_request"
+    # A job still running cannot be retried yet; one with no failure, never.
+    assert error_of(client.post(f"/jobs/{job['id']}/retry"), 409)["code"] == "conflict"
+
+
 def test_results_pages_follow_the_cursor(client: httpx.Client) -> None:
     archive = zip_bytes({f"{i}.jpg": JPEG for i in range(5)})
     job = client.post("/jobs", files={"file": ("five.zip", archive)}).json()

@@ -69,6 +69,15 @@ def test_put_get_delete(storage: Storage) -> None:
     assert storage.get("job2/c") == b"gamma"
 
 
+def test_copy_leaves_the_source_and_refuses_a_missing_one(storage: Storage) -> None:
+    storage.put("job1/a", io.BytesIO(b"photo"))
+    storage.copy("job1/a", "job2/a")
+    storage.delete_prefix("job1")
+    assert storage.get("job2/a") == b"photo"  # the copy outlives its source's job
+    with pytest.raises(UploadMissing):
+        storage.copy("job1/a", "job3/a")
+
+
 def test_open_storage_picks_the_backend(tmp_path: Path, s3_env: dict[str, str]) -> None:
     assert isinstance(open_storage(tmp_path.as_uri()), LocalStorage)
     s3 = open_storage(f"s3://{BUCKET}/some/prefix")
