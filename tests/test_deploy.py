@@ -11,7 +11,9 @@ import yaml
 from intel_classifier.cli import app
 from shared.settings import PROJECT_ROOT, Settings
 
-SUBCOMMANDS = {command.name or command.callback.__name__ for command in app.registered_commands}  # type: ignore[union-attr]
+SUBCOMMANDS = {command.name or command.callback.__name__ for command in app.registered_commands} | {  # type: ignore[union-attr]
+    group.name for group in app.registered_groups
+}
 SETTINGS = {name.upper() for name in Settings.model_fields}
 AWS = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 
