@@ -14,7 +14,7 @@ from api.deps import Resources
 from api.errors import install_error_handlers
 from api.hygiene import RepeatedHeaders, UrlHygiene
 from api.limits import UploadLimit
-from api.routes import health, jobs, metrics, models, page, predict, webhooks
+from api.routes import events, health, jobs, metrics, models, page, predict, usage, webhooks
 from shared import finished
 from shared.settings import Settings, get_settings
 
@@ -46,11 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.resources = resources
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(metrics.router)
+    app.include_router(usage.router)
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     install_error_handlers(app)

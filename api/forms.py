@@ -7,13 +7,16 @@ strings, applies the form's own limits and words what a client must send.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
 
 from shared.errors import InvalidInput, LimitExceeded
 from shared.jobs.intake import Upload, is_zip
+from shared.jobs.references import InputRef, parse_inputs, parse_manifest
+from shared.settings import Settings
 from shared.text_rules import parse_json_object
 
 # A model version is a short name (`jobs.model_version` holds 64 characters).
@@ -82,3 +85,81 @@ def model_name(raw: str | None) -> str | None:
             "characters, as GET /models lists them"
         )
     return raw
+
+
+@dataclass(frozen=True)
+class JsonJob:
+    """`POST /jobs` as JSON: inputs by reference and the job's fields, as the form has them."""
+
+    inputs: list[Any]
+    webhook_url: str | None
+    webhook_events: str | None
+    metadata: str | None
+    model: str | None
+
+
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+JSON_JOB_FIELDS = {"inputs", "webhook_url", "webhook_events", "metadata", "model"}
+
+
+async def json_job(request: Request) -> JsonJob | None:
+    """The JSON body of `POST /jobs`, when it has one (a multipart request has none).
+
+    The fields come back as the form would carry them (metadata as JSON text, the
+    events comma-separated), so one parser checks both kinds of request alike.
+    """
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        return None
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY_BYTES:
+            raise LimitExceeded(
+                f"a JSON job is at most {MAX_JSON_BODY_BYTES:,} bytes; send a larger batch as "
+                "a JSONL manifest (multipart field `manifest`)"
+            )
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"the request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise InvalidInput(
+            f"no file uploaded and no inputs: {JOB_FILES_FIELD}, or send JSON "
+            '{"inputs": [{"url": ...}, ...]}'
+        )
+    unknown = set(body) - JSON_JOB_FIELDS
+    if unknown:
+        raise InvalidInput(
+            f"unknown field(s) {sorted(unknown)}; a JSON job takes {sorted(JSON_JOB_FIELDS)}"
+        )
+    events = body.get("webhook_events")
+    metadata = body.get("metadata")
+    for name in ("webhook_url", "model"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise InvalidInput(f"{name} must be a string")
+    if events is not None and not (
+        isinstance(events, list) and all(isinstance(e, str) for e in events)
+    ):
+        raise InvalidInput("webhook_events must be a list of event names")
+    return JsonJob(
+        inputs=body["inputs"],
+        webhook_url=body.get("webhook_url"),
+        webhook_events=",".join(events) if events else None,
+        metadata=json.dumps(metadata) if metadata is not None else None,
+        model=body.get("model"),
+    )
+
+
+def job_references(
+    body: JsonJob | None, manifest: UploadFile | None, has_files: bool, settings: Settings
+) -> list[InputRef] | None:
+    """The inputs by reference a request names (None: it uploads files instead)."""
+    if body is None and manifest is None:
+        return None
+    if has_files or (body is not None and manifest is not None):
+        raise InvalidInput("send files, a JSON body of inputs, or a manifest: one of them")
+    if body is not None:
+        return parse_inputs(body.inputs, settings)
+    assert manifest is not None
+    return parse_manifest(manifest.file.read(), settings)

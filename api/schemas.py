@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +35,9 @@ class JobOut(BaseModel):
     failed: int
     skipped: int
     progress: float = Field(ge=0, le=1)
+    eta_seconds: float | None = Field(
+        description="Seconds left at the rate its items have ended so far; null until known"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -61,6 +64,12 @@ class ItemOut(BaseModel):
 
     id: str
     filename: str
+    custom_id: str | None = Field(
+        default=None, description="The caller's id for the item; the file (zip entry) name if none"
+    )
+    source_url: str | None = Field(
+        default=None, description="Where an input by reference came from"
+    )
     status: str
     label: str | None = Field(serialization_alias="class", validation_alias="class")
     confidence: float | None
@@ -80,6 +89,8 @@ class ItemOut(BaseModel):
         return cls(
             id=item.id,
             filename=item.filename,
+            custom_id=item.custom_id,
+            source_url=item.source_url,
             status=item.status,
             label=item.label,
             confidence=item.confidence,
@@ -165,3 +176,18 @@ class WebhookEventOut(BaseModel):
 
 class WebhookEventList(BaseModel):
     items: list[WebhookEventOut]
+
+
+class DayUsageOut(BaseModel):
+    day: date | None = Field(description="The day (UTC); null in `total`")
+    classified: int = Field(description="Images classified, reused results included")
+    failed: int
+    reused: int = Field(description="Classified by reusing the result of an identical image")
+
+
+class UsageOut(BaseModel):
+    key: str | None = Field(description="The API key's id; null on a server without keys")
+    first_day: date
+    last_day: date
+    days: list[DayUsageOut] = Field(description="Each day of the range with any use, in order")
+    total: DayUsageOut

@@ -103,6 +103,24 @@ class Client:
                 part.stream.close()
         return Job.from_json(self._json(response))
 
+    def submit_references(
+        self,
+        inputs: Sequence[dict[str, str]],
+        *,
+        webhook_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """A job of inputs by reference, `[{"custom_id": ..., "url": "https://… or s3://…"}]`,
+        which the service's workers fetch."""
+        body: dict[str, Any] = {"inputs": list(inputs)}
+        if webhook_url:
+            body["webhook_url"] = webhook_url
+        if metadata is not None:
+            body["metadata"] = metadata
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Job.from_json(self._json(self.http.post("/jobs", json=body, headers=headers)))
+
     @staticmethod
     def _files(parts: list[Part], count: Callable[[int], None]) -> list[tuple[str, Any]]:
         field = "file" if len(parts) == 1 else "files"
@@ -119,16 +137,71 @@ class Client:
         poll_seconds: float = 0.5,
         timeout: float | None = None,
     ) -> Job:
-        """Poll until the job ends; `on_progress` sees every state polled, the last included."""
+        """Follow the job until it ends; `on_progress` sees every state, the last included.
+
+        It reads the job's event stream (`GET /jobs/{id}/events`), resuming where it
+        left off if the stream closes; a server without one is polled instead.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        seen: str | None = None
+        while True:
+            try:
+                for name, event_id, data in self._events(job, seen):
+                    seen = event_id
+                    if name == "error":
+                        error = data.get("error", {})
+                        raise ClientError(
+                            404, error.get("code", "not_found"), error.get("message", "")
+                        )
+                    current = Job.from_json(data)
+                    if on_progress is not None:
+                        on_progress(current)
+                    if current.is_final:
+                        return current
+                    _check_deadline(current, deadline, timeout)
+            except _NoEventStream:
+                return self._poll(job, on_progress, poll_seconds, deadline, timeout)
+
+    def _events(
+        self, job: Job | str, last_event_id: str | None
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(event, id, data) from the job's event stream until the server closes it."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        with self.http.stream("GET", f"/jobs/{_id(job)}/events", headers=headers) as response:
+            if response.status_code == 404:
+                # A server without the stream, or a missing job: polling tells them apart.
+                raise _NoEventStream
+            if response.status_code >= 400:
+                response.read()
+                self._json(response)
+            name, event_id, data = "message", "", ""
+            for line in response.iter_lines():
+                if not line:
+                    if data:
+                        yield name, event_id, json.loads(data)
+                    name, event_id, data = "message", "", ""
+                elif line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("id:"):
+                    event_id = line[3:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].strip()
+
+    def _poll(
+        self,
+        job: Job | str,
+        on_progress: Callable[[Job], None] | None,
+        poll_seconds: float,
+        deadline: float | None,
+        timeout: float | None,
+    ) -> Job:
         while True:
             current = self.job(job)
             if on_progress is not None:
                 on_progress(current)
             if current.is_final:
                 return current
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {current.id} still {current.status} after {timeout}s")
+            _check_deadline(current, deadline, timeout)
             time.sleep(poll_seconds)
 
     def iter_results(self, job: Job | str, status: str | None = None) -> Iterator[ItemResult]:
@@ -205,6 +278,15 @@ class Client:
                 asked,
             )
         return body
+
+
+class _NoEventStream(Exception):
+    """The server predates GET /jobs/{id}/events."""
+
+
+def _check_deadline(job: Job, deadline: float | None, timeout: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"job {job.id} still {job.status} after {timeout}s")
 
 
 def _id(job: Job | str) -> str:

@@ -50,6 +50,7 @@ class ItemResult:
     filename: str
     status: str
     label: str | None
+    custom_id: str | None
     confidence: float | None
     scores: dict[str, float] | None
     error: str | None
@@ -61,6 +62,7 @@ class ItemResult:
             filename=body["filename"],
             status=body["status"],
             label=body.get("class"),
+            custom_id=body.get("custom_id"),
             confidence=body.get("confidence"),
             scores=body.get("scores"),
             error=body.get("error"),

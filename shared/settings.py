@@ -141,6 +141,16 @@ class Settings(BaseSettings):
         default="", description="Comma-separated CIDRs exempt from the private-address guard"
     )
     webhook_progress_interval_seconds: float = Field(default=10.0, gt=0)
+    input_allowed_networks: str = Field(
+        default="",
+        description="Networks an input URL may resolve into besides public addresses "
+        "(comma-separated CIDRs)",
+    )
+    input_allowed_buckets: str = Field(
+        default="",
+        description="Buckets s3:// inputs may name, read with the service's own credentials "
+        "(comma-separated); empty: no s3:// inputs",
+    )
 
     base_weights: str = Field(
         default="imagenet",

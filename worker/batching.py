@@ -34,6 +34,7 @@ from shared.jobs.processing import (
 from shared.jobs.recovery import release
 from shared.jobs.scheduling import HELPER_WAKE_UP, lane_waiting
 from shared.settings import Settings
+from worker.fetch import fetch_input
 from worker.liveness import liveness, main_alive
 from worker.runtime import Runtime
 
@@ -113,9 +114,12 @@ def process_job(job_id: str, runtime: Runtime) -> None:
                 yield to_run
 
     def decode(item: Claimed) -> np.ndarray:
-        if item.storage_key is None:
+        if item.source_url is not None:
+            data = fetch_input(item.source_url, settings)
+        elif item.storage_key is None:
             raise UploadMissing(f"{item.filename!r} has no stored upload")
-        data = runtime.storage.get(item.storage_key)
+        else:
+            data = runtime.storage.get(item.storage_key)
         return preprocess(data, item.filename, classifier.input_size, settings.max_image_pixels)
 
     lane_groups = 0

@@ -7,16 +7,16 @@ import io
 import json
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
 from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep, StorageDep, UnitsDep
 from api.errors import ERROR_RESPONSES
-from api.forms import job_fields, job_uploads, model_name
+from api.forms import JsonJob, job_fields, job_references, job_uploads, json_job, model_name
 from api.schemas import ErrorResponse, ItemOut, JobList, JobOut, ResultsPage
 from shared import unit_of_work
 from shared.classifier.labels import CLASSES
@@ -47,10 +47,37 @@ def job_out(session: SessionDep, job: Job) -> JobOut:
     return JobOut.model_validate(job_document(session, job))
 
 
+JSON_JOB_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "additionalProperties": False,
+    "properties": {
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["url"],
+                "additionalProperties": False,
+                "properties": {
+                    "url": {"type": "string", "description": "http(s)://… or s3://bucket/key"},
+                    "custom_id": {"type": "string", "description": "Unique in the job"},
+                },
+            },
+        },
+        "webhook_url": {"type": "string"},
+        "webhook_events": {"type": "array", "items": {"type": "string"}},
+        "metadata": {"type": "object"},
+        "model": {"type": "string"},
+    },
+}
+
+
 @router.post(
     "",
     status_code=202,
     response_model=JobOut,
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": JSON_JOB_SCHEMA}}}},
     responses={
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused for another request"},
         429: {"model": ErrorResponse, "description": "Over the key's job rate; see Retry-After"},
@@ -62,8 +89,13 @@ def create(
     storage: StorageDep,
     settings: SettingsDep,
     caller: CallerDep,
+    json_body: Annotated[JsonJob | None, Depends(json_job)],
     file: Annotated[UploadFile | None, File(description="One image or one .zip")] = None,
     files: Annotated[list[UploadFile] | None, File(description="More images or zips")] = None,
+    manifest: Annotated[
+        UploadFile | None,
+        File(description='Inputs by reference, JSONL: {"custom_id": ..., "url": ...} a line'),
+    ] = None,
     webhook_url: Annotated[str | None, Form(description="Called when the job ends")] = None,
     webhook_events: Annotated[
         str | None, Form(description="Also send: job.started, job.progress (comma-separated)")
@@ -81,24 +113,30 @@ def create(
         ),
     ] = None,
 ) -> JobOut:
-    """Upload one image, a zip of images, or several; classification happens in the background."""
+    """Upload one image, a zip of images, or several; or name inputs by reference (a JSON
+    body, or a JSONL `manifest`) for workers to fetch. Classification runs in the background."""
+    if json_body is not None:
+        webhook_url, webhook_events = json_body.webhook_url, json_body.webhook_events
+        metadata, model = json_body.metadata, json_body.model
     fields = job_fields(
         settings.max_form_field_bytes,
         webhook_url=webhook_url,
         webhook_events=webhook_events,
         metadata=metadata,
     )
+    references = job_references(json_body, manifest, bool(file or files), settings)
     submission = submit_job(
         session,
         storage,
         settings,
-        job_uploads(file, files),
+        [] if references is not None else job_uploads(file, files),
         owner_id=caller.key_id,
         idempotency_key=idempotency_key,
         webhook_url=fields.webhook_url,
         webhook_events=fields.webhook_events,
         metadata=fields.metadata,
         model=model_name(model),
+        references=references,
     )
     unit_of_work.commit(session)
     response.headers["Location"] = f"/jobs/{submission.job.id}"
@@ -215,7 +253,7 @@ def _every_item(
 
 
 def _csv_rows(items: Iterator[ItemOut]) -> Iterator[str]:
-    columns = ["filename", "status", "class", "confidence", *CLASSES, "error"]
+    columns = ["filename", "status", "class", "confidence", *CLASSES, "error", "custom_id"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
@@ -229,6 +267,7 @@ def _csv_rows(items: Iterator[ItemOut]) -> Iterator[str]:
                 "" if item.confidence is None else f"{item.confidence:.6f}",
                 *("" if c not in scores else f"{scores[c]:.6f}" for c in CLASSES),
                 spreadsheet_safe(item.error or ""),
+                spreadsheet_safe(item.custom_id or ""),
             ]
         )
         if buffer.tell() > 64 * 1024:

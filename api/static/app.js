@@ -57,13 +57,31 @@ zone.addEventListener("drop", (event) => {
 });
 $("file-input").addEventListener("change", (event) => start([...event.target.files]));
 
-async function start(files) {
-  if (!files.length) return;
+function reset() {
   hideError();
   state.job = null; state.items = []; state.shown = PAGE_ROWS;
   for (const url of state.thumbs.values()) if (typeof url === "string") URL.revokeObjectURL(url);
   state.thumbs = new Map();
   $("results").hidden = true;
+  $("progress").hidden = true;
+  $("batch-bar").hidden = true;
+  $("dropzone").hidden = false;
+  $("file-input").value = "";
+}
+
+// The drop zone folds to a bar naming the job, with a link that reopens it.
+function showJob(jobId) {
+  $("dropzone").hidden = true;
+  $("batch-bar").hidden = false;
+  $("job-link").textContent = jobId;
+  $("job-link").href = `/?job=${encodeURIComponent(jobId)}`;
+  history.replaceState(null, "", `/?job=${encodeURIComponent(jobId)}`);
+}
+
+async function start(files) {
+  if (!files.length) return;
+  reset();
+  $("dropzone").hidden = true;
   $("progress").hidden = false;
   setBar("upload-bar", "upload-text", 0, 1, "");
   setBar("job-bar", "job-text", 0, 1, "");
@@ -71,13 +89,36 @@ async function start(files) {
   for (const file of files) await indexThumbnails(file);
   try {
     const job = await upload(files);
+    showJob(job.id);
     await follow(job.id);
   } catch (error) {
     $("job-status").textContent = "";
     $("progress").hidden = true;  // no half-filled bars left behind an error
+    if (!state.job) $("dropzone").hidden = false;
     showError(error.message);
   }
 }
+
+// A job opened by its link (/?job=<id>): its progress, then its results.
+async function reopen(jobId) {
+  showJob(jobId);
+  $("progress").hidden = false;
+  setBar("upload-bar", "upload-text", 1, 1, "uploaded");
+  $("job-status").textContent = "";
+  try {
+    await follow(jobId);
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+$("new-batch").addEventListener("click", () => {
+  reset();
+  history.replaceState(null, "", "/");
+  $("dropzone").focus();
+});
+const opened = new URLSearchParams(location.search).get("job");
+if (opened) reopen(opened);
 
 function setBar(barId, textId, done, total, text) {
   $(barId).max = Math.max(total, 1);
@@ -108,20 +149,49 @@ function upload(files) {
   });
 }
 
-async function follow(jobId) {
-  const started = Date.now();
+const isRunning = (job) => ["queued", "running"].includes(job.status);
+const sleep = (ms) => new Promise((wake) => setTimeout(wake, ms));
+
+// Each state of the job as it changes: from its event stream (fetch, so the key goes
+// in a header), or by polling where the stream is not to be had.
+async function* jobStates(jobId) {
+  try {
+    const response = await fetch(`/jobs/${jobId}/events`, { headers: authHeaders() });
+    if (!response.ok || !response.body) throw new Error(await apiError(response));
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+        const data = buffer.slice(0, end).split("\n")
+          .filter((line) => line.startsWith("data:")).map((line) => line.slice(5)).join("");
+        buffer = buffer.slice(end + 2);
+        if (!data) continue;
+        const job = JSON.parse(data);
+        if (job.error) throw new Error(job.error.message);
+        yield job;
+        if (!isRunning(job)) return;
+      }
+    }
+  } catch (_) { /* poll instead */ }
   for (;;) {
     const job = await getJSON(`/jobs/${jobId}`);
+    yield job;
+    if (!isRunning(job)) return;
+    await sleep(500);
+  }
+}
+
+async function follow(jobId) {
+  for await (const job of jobStates(jobId)) {
     state.job = job;
     const done = job.succeeded + job.failed + job.skipped;
-    const seconds = (Date.now() - started) / 1000;
-    const rate = seconds > 0 ? done / seconds : 0;
-    const left = rate > 0 && done < job.total ? `, ~${Math.ceil((job.total - done) / rate)} s left` : "";
+    const left = job.eta_seconds != null ? `, ~${Math.ceil(job.eta_seconds)} s left` : "";
     setBar("job-bar", "job-text", done, job.total, `${done} / ${job.total}`);
     $("job-status").textContent = describeJob(job) + left;
     $("job-status").dataset.jobId = job.id;
-    if (!["queued", "running"].includes(job.status)) break;
-    await new Promise((wake) => setTimeout(wake, 500));
   }
   await loadResults(jobId);
 }
@@ -221,6 +291,13 @@ function renderRow(item) {
     wrap.className = "confidence";
     wrap.append(bar, pct);
     confidence.append(wrap);
+    const runnerUp = secondClass(item.scores);
+    if (runnerUp) {  // the class it was next most sure of: where a look is worth it
+      const second = document.createElement("span");
+      second.className = "second";
+      second.textContent = `then ${runnerUp[0]} ${(runnerUp[1] * 100).toFixed(1)}%`;
+      confidence.append(second);
+    }
   } else {
     label.textContent = item.status;
     label.classList.add("failed");
@@ -229,6 +306,13 @@ function renderRow(item) {
   }
   row.append(thumb, file, label, confidence);
   return row;
+}
+
+// The runner-up: [class, probability], or null without scores.
+function secondClass(scores) {
+  if (!scores) return null;
+  const ranked = Object.entries(scores).sort((a, b) => b[1] - a[1]);
+  return ranked.length > 1 ? ranked[1] : null;
 }
 
 $("filter").addEventListener("change", () => { state.shown = PAGE_ROWS; render(); });

@@ -160,6 +160,10 @@ class Item(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     storage_key: Mapped[str | None] = mapped_column(Text)
+    # An input by reference: the http(s) URL or s3:// key a worker fetches it from.
+    source_url: Mapped[str | None] = mapped_column(Text)
+    # The caller's own id for the item (unique in its job); a zip entry's name by default.
+    custom_id: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.QUEUED)
     label: Mapped[str | None] = mapped_column("class", String(32))
     confidence: Mapped[float | None] = mapped_column(Float)

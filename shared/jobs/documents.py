@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from shared.db.models import Item, ItemStatus, Job
+from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
 from shared.unit_of_work import UnitOfWork
 
 
@@ -31,6 +31,7 @@ def job_document(session: UnitOfWork, job: Job) -> dict[str, Any]:
         "failed": job.failed,
         "skipped": job.skipped,
         "progress": round(done / job.total, 4) if job.total else 1.0,
+        "eta_seconds": eta_seconds(job, done),
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
@@ -48,6 +49,17 @@ def job_document(session: UnitOfWork, job: Job) -> dict[str, Any]:
             "webhooks": f"/jobs/{job.id}/webhooks",
         },
     }
+
+
+def eta_seconds(job: Job, done: int) -> float | None:
+    """Seconds until the job ends at the rate its items have ended since it started;
+    None until that rate is known (not started, nothing done yet) or once it ended."""
+    if job.status != JobStatus.RUNNING or job.started_at is None or done == 0:
+        return None
+    elapsed = (utcnow() - job.started_at).total_seconds()
+    if elapsed <= 0:
+        return None
+    return round((job.total - done) * elapsed / done, 1)
 
 
 def _iso(value: Any) -> str | None:

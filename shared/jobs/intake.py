@@ -55,8 +55,10 @@ class StagedItem:
     filename: str
     size_bytes: int
     sha256: str | None
-    storage_key: str | None  # None when the item failed at intake
+    storage_key: str | None  # None when the item failed at intake, or comes by reference
     error: str | None
+    source_url: str | None = None  # an input by reference: where a worker fetches it
+    custom_id: str | None = None  # the caller's id; the file (zip entry) name by default
 
 
 def storage_prefix(job_id: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, case, func, select, update
 
 from shared import metrics
+from shared.access.usage import CLASSIFIED, FAILED, REUSED, count_for_jobs
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
 from shared.jobs.events import announce_progress, announce_started
 from shared.jobs.progress import refresh_jobs
@@ -29,6 +30,7 @@ class Claimed:
     storage_key: str | None
     sha256: str | None = None
     solo: bool = False  # a suspect: it runs alone
+    source_url: str | None = None  # fetched by the worker instead of read from storage
 
 
 @dataclass(frozen=True)
@@ -140,14 +142,22 @@ def lease_items(
                 attempts=Item.attempts + 1 if into_pass else Item.attempts,
             )
             .returning(
-                Item.id, Item.job_id, Item.filename, Item.storage_key, Item.sha256, Item.solo
+                Item.id,
+                Item.job_id,
+                Item.filename,
+                Item.storage_key,
+                Item.sha256,
+                Item.solo,
+                Item.source_url,
             )
         ).all()
     )
     order = {item_id: i for i, item_id in enumerate(ids)}
     rows.sort(key=lambda row: order[row.id])
     return [
-        Claimed(row.id, row.job_id, row.filename, row.storage_key, row.sha256, row.solo)
+        Claimed(
+            row.id, row.job_id, row.filename, row.storage_key, row.sha256, row.solo, row.source_url
+        )
         for row in rows
     ]
 
@@ -395,6 +405,12 @@ def count_finished_items(session: UnitOfWork, written: list[ItemResult]) -> None
     failed = sum(r.error is not None for r in written)
     metrics.items_finished(session, ItemStatus.FAILED, failed)
     metrics.items_finished(session, ItemStatus.SUCCEEDED, len(written) - failed)
+    ended: Counter[tuple[str, str]] = Counter()
+    for result in written:
+        ended[(result.job_id, FAILED if result.error else CLASSIFIED)] += 1
+        if result.reused_from is not None:
+            ended[(result.job_id, REUSED)] += 1
+    count_for_jobs(session, ended)
 
 
 def settle_jobs(

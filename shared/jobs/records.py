@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, insert, select, update
 
 from shared import metrics, outbox, unit_of_work
+from shared.access.usage import FAILED, count_usage
 from shared.db.models import Item, ItemStatus, Job, JobSource, JobStatus, WebhookEvent, utcnow
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.jobs.events import announce_final
@@ -58,6 +59,7 @@ def create_job(
     session.add(job)
     session.flush()
     metrics.items_finished(session, ItemStatus.FAILED, job.failed)  # refused at intake
+    count_usage(session, owner_id, FAILED, job.failed)
     session.execute(
         insert(Item),
         [
@@ -69,6 +71,8 @@ def create_job(
                 "sha256": item.sha256,
                 "size_bytes": item.size_bytes,
                 "storage_key": item.storage_key,
+                "source_url": item.source_url,
+                "custom_id": item.custom_id if item.custom_id is not None else item.filename,
                 "status": ItemStatus.QUEUED if item.error is None else ItemStatus.FAILED,
                 "error": item.error,
                 "created_at": now,

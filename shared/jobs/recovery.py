@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from shared import metrics
+from shared.access.usage import FAILED, count_for_jobs
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
 from shared.jobs.progress import refresh_job
 from shared.unit_of_work import UnitOfWork
@@ -57,6 +58,7 @@ def take_back(
     ).scalars()
     abandoned_jobs = Counter(abandoned)
     metrics.items_finished(session, ItemStatus.FAILED, sum(abandoned_jobs.values()))
+    count_for_jobs(session, Counter({(job, FAILED): n for job, n in abandoned_jobs.items()}))
     suspects = session.execute(
         update(Item)
         .where(*held, Item.in_pass.is_(True))

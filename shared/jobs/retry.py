@@ -45,7 +45,11 @@ def retry_failed(
     )
     if not failed:
         raise Conflict(f"job {job_id} has no failed items to retry")
-    runnable = [item for item in failed if item.storage_key and storage.exists(item.storage_key)]
+    runnable = [
+        item
+        for item in failed
+        if item.source_url or (item.storage_key and storage.exists(item.storage_key))
+    ]
     if not runnable:
         raise Conflict(
             f"none of job {job_id}'s {len(failed)} failed item(s) can run again: they were "
@@ -70,8 +74,21 @@ def retry_failed(
 
 
 def _copied(storage: Storage, item: Item, job_id: str, position: int) -> StagedItem:
+    """The item again, in the retry job: its file copied, or its reference fetched anew."""
     item_id = new_id()
-    key = f"{storage_prefix(job_id)}/{item_id}"
-    assert item.storage_key is not None
-    storage.copy(item.storage_key, key)
-    return StagedItem(item_id, position, item.filename, item.size_bytes, item.sha256, key, None)
+    key = None
+    if item.source_url is None:
+        assert item.storage_key is not None
+        key = f"{storage_prefix(job_id)}/{item_id}"
+        storage.copy(item.storage_key, key)
+    return StagedItem(
+        item_id,
+        position,
+        item.filename,
+        item.size_bytes,
+        item.sha256,
+        key,
+        None,
+        source_url=item.source_url,
+        custom_id=item.custom_id,
+    )

@@ -14,6 +14,7 @@ from shared.errors import InvalidInput
 from shared.jobs.idempotency import earlier_job, idempotency_request, remember
 from shared.jobs.intake import Upload, stage_uploads, storage_prefix
 from shared.jobs.records import create_job
+from shared.jobs.references import InputRef, staged_references
 from shared.jobs.scheduling import LANE_WAKE_UP
 from shared.jobs.versions import pin_version
 from shared.settings import Settings
@@ -52,6 +53,7 @@ def submit_job(
     source: JobSource = JobSource.JOBS,
     job_id: str | None = None,
     model: str | None = None,
+    references: list[InputRef] | None = None,
 ) -> Submission:
     """Store the uploads, then add the job and its message; the caller commits.
 
@@ -70,10 +72,15 @@ def submit_job(
         "metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":")),
         "model": model or "",
     }
+    if references is not None:  # inputs by reference: workers fetch them, nothing is stored
+        fields["inputs"] = json.dumps([[ref.url, ref.custom_id] for ref in references])
     idempotency = idempotency_request(idempotency_key, owner_id, uploads, fields)
     webhook = webhook_target(webhook_url, settings)
     job_id = job_id or new_id()
-    staged = stage_uploads(uploads, job_id, storage, settings)
+    if references is not None:
+        staged = staged_references(references)
+    else:
+        staged = stage_uploads(uploads, job_id, storage, settings)
     unit_of_work.on_rollback(session, lambda: storage.delete_prefix(storage_prefix(job_id)))
     session.begin_write()
     model_version = pin_version(session, model, settings)

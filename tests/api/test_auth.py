@@ -55,6 +55,8 @@ def test_every_route_but_health_and_metrics_needs_a_key(api: Service) -> None:
             ("DELETE", "/jobs/abc"),
             ("GET", "/jobs/abc/webhooks"),
             ("POST", "/predict"),
+            ("POST", "/jobs/abc/retry"),
+            ("GET", "/usage"),
         ]:
             response = client.request(method, path)
             assert response.status_code == 401, (method, path, response.text)
@@ -96,6 +98,23 @@ def test_a_key_sees_only_its_own_jobs_and_others_look_missing(api: Service) -> N
         assert job_id not in {j["id"] for j in as_bob.get("/jobs").json()["items"]}
         assert job_id in {j["id"] for j in as_alice.get("/jobs").json()["items"]}
         assert as_alice.get(f"/jobs/{job_id}").json()["status"] == "queued"  # bob changed nothing
+
+
+def test_usage_is_counted_per_key(api: Service) -> None:
+    carol, dave = api.new_key("carol"), api.new_key("dave")
+    with as_key(api, carol) as as_carol, as_key(api, dave) as as_dave:
+        archive = zip_bytes({"a.txt": b"notes", "b.txt": b"more notes", "c.jpg": JPEG})
+        assert as_carol.post("/jobs", files={"file": ("mixed.zip", archive)}).status_code == 202
+        # The two text files failed at upload: carol's usage today; dave has none.
+        mine = as_carol.get("/usage").json()
+        assert mine["key"] is not None
+        assert [(d["failed"], d["classified"]) for d in mine["days"]] == [(2, 0)]
+        assert mine["total"]["failed"] == 2
+        assert as_dave.get("/usage").json()["days"] == []
+        backwards = as_carol.get("/usage", params={"from": "2026-11-30", "to": "2026-11-01"})
+        assert backwards.status_code == 422
+        too_long = as_carol.get("/usage", params={"from": "2020-01-01", "to": "2026-01-01"})
+        assert "at most 366 days" in too_long.json()["error"]["message"]
 
 
 def test_keys_are_stored_hashed_and_revoked_keys_stop_working(

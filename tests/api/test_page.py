@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,8 +185,31 @@ def test_the_page_fits_every_width(
         assert bar is not None
         # Full width: a phone's bar spans the page (1 rem margins), not a 45 px pill.
         assert bar["width"] >= (900 if device == "desktop" else width - 2 * 16) - 2
+        # Each classified row also names the runner-up class and its probability.
+        seconds = page.locator("#rows .second").all_inner_texts()
+        assert len(seconds) == len(images)
+        assert all(re.fullmatch(r"then [a-z]+ \d+\.\d%", text) for text in seconds), seconds
+        # The drop zone folded into a bar naming the job, whose link reopens it.
+        assert page.is_hidden("#dropzone")
+        job_id = page.get_attribute("#job-status", "data-job-id")
+        link = page.locator("#job-link")
+        assert (link.inner_text(), link.get_attribute("href")) == (job_id, f"/?job={job_id}")
+        assert page.url.endswith(f"/?job={job_id}")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"page-{device}.png"), full_page=True)
+        rows = page.locator("#rows tr").count()
+
+        page.goto(f"{open_service.url}/?job={job_id}")  # the link, opened later
+        page.wait_for_selector("#results:not([hidden])", timeout=60_000)
+        assert page.inner_text("#job-status") == f"done: {len(images)} classified, 1 failed"
+        assert page.locator("#rows tr").count() == rows
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+        page.click("#new-batch")  # back to an empty page, ready for the next drop
+        assert page.is_visible("#dropzone")
+        assert page.is_hidden("#results")
+        assert page.is_hidden("#batch-bar")
+        assert page.evaluate("location.search") == ""
     finally:
         context.close()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -280,6 +282,48 @@ def test_results_filter_by_status_and_class(client: httpx.Client) -> None:
     assert error_of(unknown, 422)["code"] == "invalid_request"
     # A job still running cannot be retried yet; one with no failure, never.
     assert error_of(client.post(f"/jobs/{job['id']}/retry"), 409)["code"] == "conflict"
+
+
+def _read_events(response: httpx.Response) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    name, event_id = "", ""
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("id:"):
+            event_id = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            yield name, event_id, json.loads(line.split(":", 1)[1])
+
+
+def test_events_stream_progress_then_the_final_document(client: httpx.Client) -> None:
+    job = client.post("/jobs", files={"file": ("a.zip", zip_bytes({"1.jpg": JPEG}))}).json()
+    assert job["eta_seconds"] is None  # nothing has run: no rate to go by
+    with client.stream("GET", f"/jobs/{job['id']}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = _read_events(stream)
+        name, event_id, data = next(events)
+        assert (name, event_id, data["status"], data["id"]) == (
+            "progress",
+            "0",
+            "queued",
+            job["id"],
+        )
+        client.post(f"/jobs/{job['id']}/cancel")  # no worker here: end it by hand
+        name, event_id, data = next(events)
+        assert (name, event_id, data["status"], data["skipped"]) == (
+            "done",
+            "final",
+            "cancelled",
+            1,
+        )
+        assert list(events) == []  # and the stream closes
+    # Resuming after the last event seen sends only what is new: here, the end.
+    with client.stream(
+        "GET", f"/jobs/{job['id']}/events", headers={"Last-Event-ID": "0"}
+    ) as stream:
+        assert [name for name, _, _ in _read_events(stream)] == ["done"]
+    missing = client.get("/jobs/00000000-0000-0000-0000-000000000000/events")
+    assert error_of(missing, 404)["code"] == "not_found"
 
 
 def test_results_pages_follow_the_cursor(client: httpx.Client) -> None:

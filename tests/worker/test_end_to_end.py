@@ -194,6 +194,29 @@ def test_a_retry_needs_a_failure_that_can_run_again(
         assert "refused at upload" in hopeless["message"]
 
 
+def test_usage_counts_classified_reused_and_failed_images(
+    service: Service, holdout_images: list[LabelledImage]
+) -> None:
+    # Bytes after the JPEG's end change its digest, not its pixels: no test sent these.
+    photo = holdout_images[3].path.read_bytes() + b"usage-test"
+
+    def today() -> dict[str, int]:
+        total: dict[str, int] = service.client().get("/usage").json()["total"]
+        return total
+
+    before = today()
+    with service.client() as client:
+        first = client.post("/jobs", files={"file": ("x.jpg", photo)}).json()
+        service.wait_job(first["id"])
+        # The same photo again is reused (its stored result); the text file fails.
+        archive = zip_bytes({"again.jpg": photo, "notes.txt": b"notes"})
+        second = client.post("/jobs", files={"file": ("y.zip", archive)}).json()
+        service.wait_job(second["id"])
+    after = today()
+    delta = {name: after[name] - before[name] for name in ("classified", "reused", "failed")}
+    assert delta == {"classified": 2, "reused": 1, "failed": 1}
+
+
 def test_the_old_demo_call_still_works(
     service: Service, holdout_images: list[LabelledImage]
 ) -> None:
