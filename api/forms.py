@@ -15,7 +15,7 @@ from fastapi import Request, UploadFile
 
 from shared.errors import InvalidInput, LimitExceeded
 from shared.jobs.intake import Upload, is_zip
-from shared.jobs.references import InputRef, parse_inputs, parse_manifest
+from shared.jobs.references import InputRef, list_source, parse_inputs, parse_manifest
 from shared.settings import Settings
 from shared.text_rules import parse_json_object
 
@@ -91,7 +91,8 @@ def model_name(raw: str | None) -> str | None:
 class JsonJob:
     """`POST /jobs` as JSON: inputs by reference and the job's fields, as the form has them."""
 
-    inputs: list[Any]
+    inputs: list[Any] | None
+    source: str | None  # s3://bucket/prefix/: every object under it
     webhook_url: str | None
     webhook_events: str | None
     metadata: str | None
@@ -99,7 +100,7 @@ class JsonJob:
 
 
 MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
-JSON_JOB_FIELDS = {"inputs", "webhook_url", "webhook_events", "metadata", "model"}
+JSON_JOB_FIELDS = {"inputs", "source", "webhook_url", "webhook_events", "metadata", "model"}
 
 
 async def json_job(request: Request) -> JsonJob | None:
@@ -123,10 +124,12 @@ async def json_job(request: Request) -> JsonJob | None:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"the request body is not JSON: {exc}") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+    if not isinstance(body, dict) or not (
+        isinstance(body.get("inputs"), list) or isinstance(body.get("source"), str)
+    ):
         raise InvalidInput(
             f"no file uploaded and no inputs: {JOB_FILES_FIELD}, or send JSON "
-            '{"inputs": [{"url": ...}, ...]}'
+            '{"inputs": [{"url": ...}, ...]} or {"source": "s3://bucket/prefix/"}'
         )
     unknown = set(body) - JSON_JOB_FIELDS
     if unknown:
@@ -142,8 +145,11 @@ async def json_job(request: Request) -> JsonJob | None:
         isinstance(events, list) and all(isinstance(e, str) for e in events)
     ):
         raise InvalidInput("webhook_events must be a list of event names")
+    if "inputs" in body and "source" in body:
+        raise InvalidInput("send inputs or a source, not both")
     return JsonJob(
-        inputs=body["inputs"],
+        inputs=body.get("inputs"),
+        source=body.get("source"),
         webhook_url=body.get("webhook_url"),
         webhook_events=",".join(events) if events else None,
         metadata=json.dumps(metadata) if metadata is not None else None,
@@ -159,7 +165,9 @@ def job_references(
         return None
     if has_files or (body is not None and manifest is not None):
         raise InvalidInput("send files, a JSON body of inputs, or a manifest: one of them")
+    if body is not None and body.source is not None:
+        return list_source(body.source, settings)
     if body is not None:
-        return parse_inputs(body.inputs, settings)
+        return parse_inputs(body.inputs or [], settings)
     assert manifest is not None
     return parse_manifest(manifest.file.read(), settings)

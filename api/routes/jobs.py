@@ -49,9 +49,9 @@ def job_out(session: SessionDep, job: Job) -> JobOut:
 
 JSON_JOB_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["inputs"],
     "additionalProperties": False,
     "properties": {
+        "source": {"type": "string", "description": "s3://bucket/prefix/: every object under it"},
         "inputs": {
             "type": "array",
             "minItems": 1,

@@ -11,13 +11,14 @@ guard as webhooks, so a name that resolves elsewhere by then is still refused.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from shared.db.models import new_id
-from shared.errors import InvalidInput, LimitExceeded
+from shared.errors import InvalidInput, LimitExceeded, ServiceUnavailable
 from shared.jobs.intake import StagedItem
 from shared.settings import Settings
 from shared.text_rules import unstorable
@@ -57,7 +58,7 @@ def parse_inputs(entries: list[Any], settings: Settings, where: str = "inputs") 
         raise InvalidInput(f"no inputs: send at least one {{'url': ...}} ({where})")
     if len(entries) > settings.max_images_per_job:
         raise _too_many(settings)
-    buckets = {b.strip() for b in settings.input_allowed_buckets.split(",") if b.strip()}
+    buckets = _buckets(settings)
     refs: list[InputRef] = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):
@@ -77,6 +78,41 @@ def parse_inputs(entries: list[Any], settings: Settings, where: str = "inputs") 
     return refs
 
 
+def list_source(source: str, settings: Settings) -> list[InputRef]:
+    """Every object under an allowed bucket's prefix (`s3://bucket/prefix/`), as inputs
+    whose custom_id is the key below the prefix; folders' placeholder keys are skipped."""
+    bucket, _, prefix = source.removeprefix("s3://").partition("/")
+    if not source.startswith("s3://") or not bucket:
+        raise InvalidInput(f"source must be s3://bucket/prefix/, not {source[:200]!r}")
+    if bucket not in _buckets(settings):
+        raise InvalidInput(
+            f"source: bucket {bucket!r} is not one this service reads (INPUT_ALLOWED_BUCKETS)"
+        )
+    refs: list[InputRef] = []
+    for key in _keys_under(bucket, prefix):
+        if key.endswith("/"):
+            continue
+        if len(refs) == settings.max_images_per_job:
+            raise _too_many(settings)
+        refs.append(InputRef(f"s3://{bucket}/{key}", key[len(prefix) :] or key))
+    if not refs:
+        raise InvalidInput(f"no objects under {source[:200]!r}")
+    return refs
+
+
+def _keys_under(bucket: str, prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    keys: list[str] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+    except Exception as exc:
+        raise ServiceUnavailable(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
+    return keys
+
+
 def staged_references(refs: list[InputRef]) -> list[StagedItem]:
     """The items a job of references holds: nothing is stored; workers fetch."""
     return [
@@ -93,6 +129,10 @@ def staged_references(refs: list[InputRef]) -> list[StagedItem]:
         )
         for position, ref in enumerate(refs)
     ]
+
+
+def _buckets(settings: Settings) -> set[str]:
+    return {b.strip() for b in settings.input_allowed_buckets.split(",") if b.strip()}
 
 
 def _filename(ref: InputRef) -> str:

@@ -81,6 +81,9 @@ def s3(photos: list[bytes]) -> Iterator[dict[str, str]]:
     )
     client.create_bucket(Bucket=BUCKET)
     client.put_object(Bucket=BUCKET, Key="album/3.jpg", Body=photos[3])
+    client.put_object(Bucket=BUCKET, Key="trip/day1/0.jpg", Body=photos[0])
+    client.put_object(Bucket=BUCKET, Key="trip/day2/1.jpg", Body=photos[1])
+    client.put_object(Bucket=BUCKET, Key="trip/day2/", Body=b"")  # a folder's placeholder
     yield env
     server.stop()
 
@@ -147,6 +150,20 @@ def test_a_jsonl_manifest_names_inputs_too(service: Service, web: str) -> None:
         assert made.status_code == 202, made.text
         job = service.wait_job(made.json()["id"])
         assert (job["status"], job["succeeded"]) == ("succeeded", 3)
+
+
+def test_a_bucket_prefix_is_one_job_of_every_object_under_it(service: Service) -> None:
+    with service.client() as client:
+        made = client.post("/jobs", json={"source": f"s3://{BUCKET}/trip/"})
+        assert made.status_code == 202, made.text
+        job = service.wait_job(made.json()["id"])
+        assert (job["status"], job["succeeded"]) == ("succeeded", 2)
+        items = client.get(f"/jobs/{job['id']}/results").json()["items"]
+        assert [item["custom_id"] for item in items] == ["day1/0.jpg", "day2/1.jpg"]
+        empty = error_of(client.post("/jobs", json={"source": f"s3://{BUCKET}/none/"}), 422)
+        assert "no objects under" in empty["message"]
+        elsewhere = error_of(client.post("/jobs", json={"source": "s3://other/x/"}), 422)
+        assert "INPUT_ALLOWED_BUCKETS" in elsewhere["message"]
 
 
 def test_the_python_client_sends_references_and_follows_the_stream(
