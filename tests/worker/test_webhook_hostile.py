@@ -229,8 +229,10 @@ def test_slow_drip_endless_body_and_gzip_bomb_end_in_bounded_time_and_memory(
 def test_the_sender_connects_only_to_the_address_the_guard_approved(
     settings: Settings, serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    approved = serve(ok, host="127.0.0.2")
-    internal = serve(ok, host="127.0.0.1", port=approved.port)  # same port, another address
+    # Loopback first: the kernel picks a port free there (and on the wildcard address), so
+    # the same port on 127.0.0.2, which nothing else binds, is free too.
+    internal = serve(ok, host="127.0.0.1")
+    approved = serve(ok, host="127.0.0.2", port=internal.port)  # same port, another address
     answers = iter(["127.0.0.2"] + ["127.0.0.1"] * 10)  # DNS rebinding: public, then internal
     real = socket.getaddrinfo
 
