@@ -143,9 +143,21 @@ class Client:
         left off if the stream closes; a server without one is polled instead.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        for current in self._states(job, poll_seconds):
+            if on_progress is not None:
+                on_progress(current)
+            if current.is_final:
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {current.id} still {current.status} after {timeout}s")
+        raise AssertionError("unreachable: the states go on until the job ends")
+
+    def _states(self, job: Job | str, poll_seconds: float) -> Iterator[Job]:
+        """The job's states as they change, from its event stream (reopened where it left
+        off when it closes) or, from a server without one, by polling."""
         seen: str | None = None
-        while True:
-            try:
+        try:
+            while True:
                 for name, event_id, data in self._events(job, seen):
                     seen = event_id
                     if name == "error":
@@ -153,14 +165,11 @@ class Client:
                         raise ClientError(
                             404, error.get("code", "not_found"), error.get("message", "")
                         )
-                    current = Job.from_json(data)
-                    if on_progress is not None:
-                        on_progress(current)
-                    if current.is_final:
-                        return current
-                    _check_deadline(current, deadline, timeout)
-            except _NoEventStream:
-                return self._poll(job, on_progress, poll_seconds, deadline, timeout)
+                    yield Job.from_json(data)
+        except _NoEventStream:
+            while True:
+                yield self.job(job)
+                time.sleep(poll_seconds)
 
     def _events(
         self, job: Job | str, last_event_id: str | None
@@ -186,23 +195,6 @@ class Client:
                     event_id = line[3:].strip()
                 elif line.startswith("data:"):
                     data += line[5:].strip()
-
-    def _poll(
-        self,
-        job: Job | str,
-        on_progress: Callable[[Job], None] | None,
-        poll_seconds: float,
-        deadline: float | None,
-        timeout: float | None,
-    ) -> Job:
-        while True:
-            current = self.job(job)
-            if on_progress is not None:
-                on_progress(current)
-            if current.is_final:
-                return current
-            _check_deadline(current, deadline, timeout)
-            time.sleep(poll_seconds)
 
     def iter_results(self, job: Job | str, status: str | None = None) -> Iterator[ItemResult]:
         """Every result, in upload order; only those with `status` when given."""
@@ -282,11 +274,6 @@ class Client:
 
 class _NoEventStream(Exception):
     """The server predates GET /jobs/{id}/events."""
-
-
-def _check_deadline(job: Job, deadline: float | None, timeout: float | None) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise TimeoutError(f"job {job.id} still {job.status} after {timeout}s")
 
 
 def _id(job: Job | str) -> str:

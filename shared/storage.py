@@ -11,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlparse
@@ -87,15 +88,28 @@ class LocalStorage:
                 yield entry.name, datetime.fromtimestamp(modified, UTC)
 
 
+def s3_client() -> Any:
+    """A boto3 S3 client for the usual AWS_* variables, made once per process for each
+    endpoint and key (clients are thread-safe, and slow to make)."""
+    return _s3_client(
+        os.environ.get("AWS_ENDPOINT_URL") or None, os.environ.get("AWS_ACCESS_KEY_ID")
+    )
+
+
+@lru_cache(maxsize=8)
+def _s3_client(endpoint: str | None, _access_key: str | None) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint)
+
+
 class S3Storage:
     """Any S3-compatible bucket; endpoint and credentials come from the usual AWS_* variables."""
 
     def __init__(self, bucket: str, prefix: str) -> None:
-        import boto3
-
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client: Any = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+        self.client: Any = s3_client()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

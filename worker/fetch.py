@@ -10,13 +10,11 @@ raises FetchFailed naming the URL and why; the item fails alone with that reason
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import httpx
 
 from shared.errors import AppError, InvalidInput
 from shared.settings import Settings
+from shared.storage import s3_client
 from shared.webhooks.guard import loggable_url, parse_networks, resolve_target
 from shared.webhooks.sender import host_header
 
@@ -83,7 +81,7 @@ def _fetch_s3(url: str, settings: Settings) -> bytes:
     allowed = {b.strip() for b in settings.input_allowed_buckets.split(",") if b.strip()}
     if bucket not in allowed:  # checked at submission too; the setting may have changed
         raise FetchFailed(f"{url}: bucket {bucket!r} is not in INPUT_ALLOWED_BUCKETS")
-    client = _s3_client()
+    client = s3_client()
     try:
         reply = client.get_object(Bucket=bucket, Key=key)
     except client.exceptions.NoSuchKey as exc:
@@ -93,16 +91,3 @@ def _fetch_s3(url: str, settings: Settings) -> bytes:
     if int(reply.get("ContentLength") or 0) > settings.max_image_bytes:
         raise FetchFailed(f"{url}: over {settings.max_image_bytes} bytes (MAX_IMAGE_BYTES)")
     return bytes(reply["Body"].read(settings.max_image_bytes + 1))
-
-
-_clients: dict[str, Any] = {}
-
-
-def _s3_client() -> Any:
-    """One client per process (boto3 clients are thread-safe and slow to make)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    if endpoint not in _clients:
-        import boto3
-
-        _clients[endpoint] = boto3.client("s3", endpoint_url=endpoint or None)
-    return _clients[endpoint]

@@ -66,7 +66,7 @@ async def job_events(
     # Read once here, so a missing job is a 404 before the stream's 200 goes out.
     first = await anyio.to_thread.run_sync(_document, units, job_id, caller.owner)
     return StreamingResponse(
-        _events(units, job_id, caller.owner, first, _seen(last_event_id)),
+        _counted(_watch(units, job_id, caller.owner, first, _seen(last_event_id))),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -84,17 +84,12 @@ def _seen(last_event_id: str | None) -> int:
     return -1
 
 
-async def _events(
-    units: UnitOfWorkFactory,
-    job_id: str,
-    owner: str | None,
-    document: dict[str, Any],
-    seen: int,
-) -> AsyncIterator[str]:
+async def _counted(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """`events`, counted among this process's open streams while it lasts."""
     global _open_streams
     _open_streams += 1
     try:
-        async for event in _watch(units, job_id, owner, document, seen):
+        async for event in events:
             yield event
     finally:
         _open_streams -= 1

@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, case, func, select, update
 
 from shared import metrics
-from shared.access.usage import CLASSIFIED, FAILED, REUSED, count_for_jobs
+from shared.access.usage import CLASSIFIED, FAILED, REUSED, count_usage
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
 from shared.jobs.events import announce_progress, announce_started
 from shared.jobs.progress import refresh_jobs
@@ -405,21 +405,23 @@ def count_finished_items(session: UnitOfWork, written: list[ItemResult]) -> None
     failed = sum(r.error is not None for r in written)
     metrics.items_finished(session, ItemStatus.FAILED, failed)
     metrics.items_finished(session, ItemStatus.SUCCEEDED, len(written) - failed)
-    ended: Counter[tuple[str, str]] = Counter()
-    for result in written:
-        ended[(result.job_id, FAILED if result.error else CLASSIFIED)] += 1
-        if result.reused_from is not None:
-            ended[(result.job_id, REUSED)] += 1
-    count_for_jobs(session, ended)
 
 
 def settle_jobs(
     session: UnitOfWork, written: list[ItemResult], progress_interval_seconds: float
 ) -> None:
-    """Recount each touched job, send its progress event, observe its items' latency."""
+    """Recount each touched job, send its progress event, observe its items' latency, and
+    count its key's usage (the jobs are loaded here anyway: no query of their own)."""
     per_job = Counter(r.job_id for r in written)
     now = utcnow()
     jobs = refresh_jobs(session, list(per_job))
+    for result in written:
+        if result.job_id not in jobs:
+            continue  # deleted meanwhile: nobody's usage
+        owner = jobs[result.job_id].owner_id
+        count_usage(session, owner, FAILED if result.error else CLASSIFIED, 1)
+        if result.reused_from is not None:
+            count_usage(session, owner, REUSED, 1)
     for job_id in sorted(jobs):
         job = jobs[job_id]
         announce_progress(session, job, progress_interval_seconds)
