@@ -100,6 +100,9 @@ class JsonJob:
 
 
 MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+# 10,000 lines of the longest URL and custom_id fit in about 23 MB; a manifest is parsed
+# in memory, so it gets a bound of its own rather than an upload's 512 MB.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 JSON_JOB_FIELDS = {"inputs", "source", "webhook_url", "webhook_events", "metadata", "model"}
 
 
@@ -170,4 +173,7 @@ def job_references(
     if body is not None:
         return parse_inputs(body.inputs or [], settings)
     assert manifest is not None
-    return parse_manifest(manifest.file.read(), settings)
+    text = manifest.file.read(MAX_MANIFEST_BYTES + 1)
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise LimitExceeded(f"a manifest is at most {MAX_MANIFEST_BYTES:,} bytes")
+    return parse_manifest(text, settings)

@@ -11,7 +11,6 @@ guard as webhooks, so a name that resolves elsewhere by then is still refused.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from shared.db.models import new_id
 from shared.errors import InvalidInput, LimitExceeded, ServiceUnavailable
 from shared.jobs.intake import StagedItem
 from shared.settings import Settings
+from shared.storage import s3_client
 from shared.text_rules import unstorable
 
 MAX_URL_CHARS = 2048
@@ -88,26 +88,25 @@ def list_source(source: str, settings: Settings) -> list[InputRef]:
         raise InvalidInput(
             f"source: bucket {bucket!r} is not one this service reads (INPUT_ALLOWED_BUCKETS)"
         )
-    refs: list[InputRef] = []
-    for key in _keys_under(bucket, prefix):
-        if key.endswith("/"):
-            continue
-        if len(refs) == settings.max_images_per_job:
-            raise _too_many(settings)
-        refs.append(InputRef(f"s3://{bucket}/{key}", key[len(prefix) :] or key))
+    keys = _keys_under(bucket, prefix, settings.max_images_per_job)
+    if len(keys) > settings.max_images_per_job:
+        raise _too_many(settings)
+    refs = [InputRef(f"s3://{bucket}/{key}", key[len(prefix) :] or key) for key in keys]
     if not refs:
         raise InvalidInput(f"no objects under {source[:200]!r}")
     return refs
 
 
-def _keys_under(bucket: str, prefix: str) -> list[str]:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+def _keys_under(bucket: str, prefix: str, limit: int) -> list[str]:
+    """The object keys under `prefix` (folder placeholders aside), listing no further than
+    one past `limit`: a prefix of millions costs a page, not the whole listing."""
     keys: list[str] = []
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys += [item["Key"] for item in page.get("Contents", [])]
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            keys += [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+            if len(keys) > limit:
+                break
     except Exception as exc:
         raise ServiceUnavailable(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
     return keys

@@ -151,6 +151,10 @@ def test_a_jsonl_manifest_names_inputs_too(service: Service, web: str) -> None:
         assert made.status_code == 202, made.text
         job = service.wait_job(made.json()["id"])
         assert (job["status"], job["succeeded"]) == ("succeeded", 3)
+        # Parsed in memory, so bounded on its own, far below an upload's limit.
+        huge = b'{"url": "http://a/1.jpg"}\n' * (64 * 1024 * 1024 // 26 + 1)
+        refused = client.post("/jobs", files={"manifest": ("inputs.jsonl", huge)})
+        assert "a manifest is at most" in error_of(refused, 413)["message"]
 
 
 def test_a_bucket_prefix_is_one_job_of_every_object_under_it(service: Service) -> None:
