@@ -51,6 +51,32 @@ def job_document(session: UnitOfWork, job: Job) -> dict[str, Any]:
     }
 
 
+# A final webhook event carries the results of a job up to this many items: enough for
+# the small jobs that want no second call, small enough (about 150 KB) for any receiver.
+RESULTS_IN_EVENT = 1000
+
+
+def results_digest(session: UnitOfWork, job: Job, limit: int = RESULTS_IN_EVENT) -> dict[str, Any]:
+    """The items' outcomes for a final event: `complete` false means fetch `links.results`."""
+    rows = session.scalars(
+        select(Item).where(Item.job_id == job.id).order_by(Item.position).limit(limit + 1)
+    ).all()
+    return {
+        "complete": len(rows) <= limit,
+        "items": [
+            {
+                "custom_id": item.custom_id,
+                "filename": item.filename,
+                "status": item.status,
+                "class": item.label,
+                "confidence": item.confidence,
+                "error": item.error,
+            }
+            for item in rows[:limit]
+        ],
+    }
+
+
 def eta_seconds(job: Job, done: int) -> float | None:
     """Seconds until the job ends at the rate its items have ended since it started;
     None until that rate is known (not started, nothing done yet) or once it ended."""

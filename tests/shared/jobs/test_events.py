@@ -10,9 +10,11 @@ from shared.db.models import (
     JobStatus,
     WebhookEvent,
 )
+from shared.jobs.documents import results_digest
 from shared.jobs.processing import (
     record_results,
 )
+from shared.jobs.records import get_job
 from tests.shared.database import (
     SENT,
     add_job,
@@ -41,6 +43,35 @@ def test_webhook_events_are_written_with_the_state_they_announce(database: str) 
         final = json.loads(events[-1].body)
         assert final["data"]["status"] == "succeeded"
         assert final["data"]["summary"] == {"sea": 2}
+        # The final event names each item by the caller's id, so a small job needs no fetch.
+        assert final["data"]["results"]["complete"] is True
+        assert [
+            (r["custom_id"], r["status"], r["class"]) for r in final["data"]["results"]["items"]
+        ] == [
+            ("img0.jpg", "succeeded", "sea"),
+            ("img1.jpg", "succeeded", "sea"),
+        ]
+        assert "results" not in json.loads(events[0].body)["data"]  # started: the document only
         assert all(e.id.startswith("msg_") and e.status == "pending" for e in events)
     assert [e.id for e in events] == SENT.events[-2:]  # each sent after the commit that wrote it
     assert job_row(quiet).status == JobStatus.SUCCEEDED  # claimed alongside, finished too
+
+
+def test_a_large_job_s_final_event_carries_the_first_items_and_says_it_is_incomplete(
+    database: str,
+) -> None:
+    job_id = add_job(2, failed=1)
+    with scope(write=False) as session:
+        digest = results_digest(session, get_job(session, job_id), limit=2)
+        whole = results_digest(session, get_job(session, job_id), limit=3)
+    assert digest["complete"] is False
+    assert [r["custom_id"] for r in digest["items"]] == ["img0.jpg", "img1.jpg"]
+    assert whole["complete"] is True
+    assert whole["items"][2] == {
+        "custom_id": "bad0.txt",
+        "filename": "bad0.txt",
+        "status": "failed",
+        "class": None,
+        "confidence": None,
+        "error": "not an image",
+    }
