@@ -31,6 +31,7 @@ PUBLIC_PREFIXES = ("/static/", "/docs/")
 JOB_CREATING = frozenset({("POST", "/jobs"), ("POST", "/predict")})
 RETRY_PATH = re.compile(r"/jobs/[^/]+/retry")
 STATE_KEY = "intel_api_key_id"
+ADMIN_STATE_KEY = "intel_api_key_admin"
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `intel-classifier keys create`")
 
@@ -38,6 +39,7 @@ bearer = HTTPBearer(auto_error=False, description="An API key from `intel-classi
 @dataclass(frozen=True)
 class Caller:
     key_id: str | None  # None when the server runs without keys
+    admin: bool = False  # an admin key; on a server without keys, every caller is its operator
 
     @property
     def owner(self) -> str | None:
@@ -49,7 +51,9 @@ def get_caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Caller:
     # The middleware below did the checking; the bearer dependency declares it in OpenAPI.
-    return Caller(request.scope.get("state", {}).get(STATE_KEY))
+    state = request.scope.get("state", {})
+    key_id = state.get(STATE_KEY)
+    return Caller(key_id, admin=key_id is None or bool(state.get(ADMIN_STATE_KEY)))
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
@@ -73,8 +77,8 @@ class Authentication:
         try:
             if self.settings.auth_enabled:
                 header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-                key_id = await anyio.to_thread.run_sync(_key_id, self.units, header)
-                scope.setdefault("state", {})[STATE_KEY] = key_id
+                key_id, admin = await anyio.to_thread.run_sync(_key_of, self.units, header)
+                scope.setdefault("state", {}).update({STATE_KEY: key_id, ADMIN_STATE_KEY: admin})
             if creates_job(scope["method"], scope["path"]):
                 bucket = key_id or _client_address(scope)
                 await anyio.to_thread.run_sync(check_job_rate, self.settings, bucket)
@@ -98,10 +102,12 @@ def creates_job(method: str, path: str) -> bool:
     return (method, path) in JOB_CREATING or (method == "POST" and bool(RETRY_PATH.fullmatch(path)))
 
 
-def _key_id(units: UnitOfWorkFactory, header: str) -> str:
+def _key_of(units: UnitOfWorkFactory, header: str) -> tuple[str, bool]:
+    """The key's id, and whether it is an admin key."""
     key = bearer_key(header)
     with units.scope(write=False) as unit:
-        return authenticate(unit, key).id
+        row = authenticate(unit, key)
+        return row.id, row.admin
 
 
 def bearer_key(authorization: str) -> str:

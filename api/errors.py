@@ -33,6 +33,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     for status, description in {
         400: "Malformed request (for example a broken multipart body)",
         401: "Missing, unknown or revoked API key (when AUTH_ENABLED)",
+        403: "A route for admin keys, asked with another key",
         404: "No such job",
         413: "Over a configured limit (the message names it)",
         415: "Neither an image nor a zip",

@@ -191,3 +191,9 @@ class UsageOut(BaseModel):
     last_day: date
     days: list[DayUsageOut] = Field(description="Each day of the range with any use, in order")
     total: DayUsageOut
+
+
+class KeysUsageOut(BaseModel):
+    first_day: date
+    last_day: date
+    keys: list[UsageOut] = Field(description="Each key with any use in the range")

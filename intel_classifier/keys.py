@@ -24,12 +24,16 @@ def create(
             help="Its share of the workers against other keys with work waiting.",
         ),
     ] = 1,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An operator's key: it may read every key's usage.")
+    ] = False,
 ) -> None:
     """Make a key; it is printed once, on the last line, and never stored in the clear."""
     with UnitOfWorkFactory(get_settings()).scope() as session:
-        row, key = key_service.create_key(session, name, weight)
+        row, key = key_service.create_key(session, name, weight, admin)
+        role = ", admin" if row.admin else ""
         typer.echo(
-            f"created key {row.prefix} ({row.name}, weight {row.weight}, id {row.id}); "
+            f"created key {row.prefix} ({row.name}, weight {row.weight}{role}, id {row.id}); "
             "keep it secret:",
             err=True,
         )
@@ -41,12 +45,16 @@ def list_keys() -> None:
     """Every key: prefix, name, when it was made, and whether it is revoked."""
     with UnitOfWorkFactory(get_settings()).scope(write=False) as session:
         rows = key_service.list_keys(session)
-        typer.echo(f"{'PREFIX':<14} {'NAME':<24} {'WEIGHT':>6} {'CREATED':<20} {'REVOKED':<20} ID")
+        typer.echo(
+            f"{'PREFIX':<14} {'NAME':<24} {'WEIGHT':>6} {'ADMIN':<5} {'CREATED':<20} "
+            f"{'REVOKED':<20} ID"
+        )
         for row in rows:
             revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
             created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
             typer.echo(
-                f"{row.prefix:<14} {row.name:<24} {row.weight:>6} {created:<20} {revoked:<20} "
+                f"{row.prefix:<14} {row.name:<24} {row.weight:>6} {'yes' if row.admin else '-':<5} "
+                f"{created:<20} {revoked:<20} "
                 f"{row.id}"
             )
 

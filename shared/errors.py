@@ -66,6 +66,13 @@ class Unauthorized(AppError):
     http_status = 401
 
 
+class Forbidden(AppError):
+    """A valid key asking for what only an admin key may see."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class RateLimited(AppError):
     code = "rate_limited"
     http_status = 429

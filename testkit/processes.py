@@ -81,9 +81,10 @@ class Service:
     def migrate(self) -> None:
         self.cli("migrate")
 
-    def new_key(self, name: str) -> str:
+    def new_key(self, name: str, *options: str) -> str:
         """A new API key: `keys create` prints it on its last line."""
-        return self.cli("keys", "create", "--name", name).stdout.strip().splitlines()[-1]
+        created = self.cli("keys", "create", "--name", name, *options)
+        return created.stdout.strip().splitlines()[-1]
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
         log = self.data_dir / f"{name}-{len(self.processes)}.log"

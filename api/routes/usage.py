@@ -1,4 +1,5 @@
-"""/usage: images classified, failed and reused per day, for the caller's key."""
+"""/usage: images classified, failed and reused per day, for the caller's key (every key's
+for an admin key, at /usage/keys)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from fastapi import APIRouter, Query
 from api.auth import CallerDep
 from api.deps import SessionDep
 from api.errors import ERROR_RESPONSES
-from api.schemas import DayUsageOut, UsageOut
-from shared.access.usage import usage_by_day
+from api.schemas import DayUsageOut, KeysUsageOut, UsageOut
+from shared.access.usage import DayUsage, usage_by_day, usage_of_every_key
 from shared.db.models import utcnow
-from shared.errors import InvalidInput
+from shared.errors import Forbidden, InvalidInput
 
 router = APIRouter(prefix="/usage", tags=["usage"], responses=ERROR_RESPONSES)
 
@@ -21,31 +22,55 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 366
 
 
+FirstDay = Annotated[
+    date | None, Query(alias="from", description="First day (UTC), default 30 days ago")
+]
+LastDay = Annotated[date | None, Query(alias="to", description="Last day (UTC), default today")]
+
+
 @router.get("", response_model=UsageOut)
 def usage(
-    session: SessionDep,
-    caller: CallerDep,
-    first: Annotated[
-        date | None, Query(alias="from", description="First day (UTC), default 30 days ago")
-    ] = None,
-    last: Annotated[
-        date | None, Query(alias="to", description="Last day (UTC), default today")
-    ] = None,
+    session: SessionDep, caller: CallerDep, first: FirstDay = None, last: LastDay = None
 ) -> UsageOut:
     """Per day (UTC) with any use: images classified (reused ones included), failed, and
     reused (a stored result of an identical image); the totals over the range."""
+    first, last = _range(first, last)
+    return _usage_out(caller.key_id, first, last, usage_by_day(session, caller.owner, first, last))
+
+
+@router.get("/keys", response_model=KeysUsageOut)
+def usage_of_keys(
+    session: SessionDep, caller: CallerDep, first: FirstDay = None, last: LastDay = None
+) -> KeysUsageOut:
+    """Every key's usage over the range, for an admin key (`keys create --admin`): the
+    keys with any use, each as `GET /usage` shows it to that key."""
+    if not caller.admin:
+        raise Forbidden(
+            "every key's usage needs an admin key (intel-classifier keys create --admin)"
+        )
+    first, last = _range(first, last)
+    keys = usage_of_every_key(session, first, last)
+    return KeysUsageOut(
+        first_day=first,
+        last_day=last,
+        keys=[_usage_out(key or None, first, last, days) for key, days in keys.items()],
+    )
+
+
+def _range(first: date | None, last: date | None) -> tuple[date, date]:
     last = last or utcnow().date()
     first = first or last - timedelta(days=DEFAULT_DAYS - 1)
     if first > last:
         raise InvalidInput(f"from ({first}) is after to ({last})")
     if (last - first).days >= MAX_DAYS:
         raise InvalidInput(f"a usage range is at most {MAX_DAYS} days")
-    days = [
-        DayUsageOut.model_validate(d, from_attributes=True)
-        for d in usage_by_day(session, caller.owner, first, last)
-    ]
+    return first, last
+
+
+def _usage_out(key: str | None, first: date, last: date, found: list[DayUsage]) -> UsageOut:
+    days = [DayUsageOut.model_validate(d, from_attributes=True) for d in found]
     return UsageOut(
-        key=caller.key_id,
+        key=key,
         first_day=first,
         last_day=last,
         days=days,

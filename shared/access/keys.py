@@ -28,10 +28,13 @@ def digest(key: str) -> str:
 MAX_WEIGHT = 1000
 
 
-def create_key(session: UnitOfWork, name: str, weight: int = 1) -> tuple[ApiKey, str]:
+def create_key(
+    session: UnitOfWork, name: str, weight: int = 1, admin: bool = False
+) -> tuple[ApiKey, str]:
     """A new key row and the key itself, which is shown once and never stored.
 
-    `weight` is the key's share of the workers against other keys with work waiting.
+    `weight` is the key's share of the workers against other keys with work waiting;
+    an `admin` key may also read every key's usage.
     """
     name = name.strip()
     if not name or len(name) > 100:
@@ -41,7 +44,12 @@ def create_key(session: UnitOfWork, name: str, weight: int = 1) -> tuple[ApiKey,
     prefix = f"{SCHEME}_{secrets.token_hex(4)}"
     key = f"{prefix}_{secrets.token_urlsafe(24)}"
     row = ApiKey(
-        name=name, prefix=prefix, secret_sha256=digest(key), created_at=utcnow(), weight=weight
+        name=name,
+        prefix=prefix,
+        secret_sha256=digest(key),
+        created_at=utcnow(),
+        weight=weight,
+        admin=admin,
     )
     session.add(row)
     session.flush()

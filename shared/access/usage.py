@@ -57,17 +57,26 @@ class DayUsage:
 def usage_by_day(session: Session, owner: str | None, first: date, last: date) -> list[DayUsage]:
     """`owner`'s usage on each day from `first` to `last` (inclusive) that has any."""
     mark = metrics.labels_key({"key": owner or ANONYMOUS})[1:-1]  # "key":"…", as stored
-    rows = session.execute(
-        select(MetricCounter.labels, MetricCounter.value).where(
-            MetricCounter.name == USAGE, MetricCounter.labels.contains(mark, autoescape=True)
-        )
-    ).all()
-    days: dict[date, DayUsage] = {}
-    for labels, value in rows:
+    return _by_key(session, first, last, mark).get(owner or ANONYMOUS, [])
+
+
+def usage_of_every_key(session: Session, first: date, last: date) -> dict[str, list[DayUsage]]:
+    """Each key's usage by day (ANONYMOUS: callers of a server without keys), for admins."""
+    return _by_key(session, first, last, None)
+
+
+def _by_key(
+    session: Session, first: date, last: date, mark: str | None
+) -> dict[str, list[DayUsage]]:
+    query = select(MetricCounter.labels, MetricCounter.value).where(MetricCounter.name == USAGE)
+    if mark is not None:
+        query = query.where(MetricCounter.labels.contains(mark, autoescape=True))
+    keys: dict[str, dict[date, DayUsage]] = {}
+    for labels, value in session.execute(query).all():
         parsed = json.loads(labels)
         day = date.fromisoformat(parsed["day"])
-        if parsed["key"] != (owner or ANONYMOUS) or not first <= day <= last:
+        if not first <= day <= last:
             continue
-        usage = days.setdefault(day, DayUsage(day))
+        usage = keys.setdefault(parsed["key"], {}).setdefault(day, DayUsage(day))
         setattr(usage, parsed["outcome"], getattr(usage, parsed["outcome"]) + int(value))
-    return [days[day] for day in sorted(days)]
+    return {key: [days[day] for day in sorted(days)] for key, days in sorted(keys.items())}

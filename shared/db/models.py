@@ -105,6 +105,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The key's share of the workers against other keys with work waiting (fair share).
     weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # An operator's key: it may also read every key's usage (GET /usage/keys).
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Job(Base):

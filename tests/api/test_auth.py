@@ -115,6 +115,20 @@ def test_usage_is_counted_per_key(api: Service) -> None:
         assert backwards.status_code == 422
         too_long = as_carol.get("/usage", params={"from": "2020-01-01", "to": "2026-01-01"})
         assert "at most 366 days" in too_long.json()["error"]["message"]
+        # Every key's usage is for an admin key only.
+        refused = as_carol.get("/usage/keys")
+        assert refused.status_code == 403
+        assert "--admin" in refused.json()["error"]["message"]
+        assert mine["key"] not in refused.text
+    operator = api.new_key("operator", "--admin")
+    assert "yes" in next(
+        line for line in api.cli("keys", "list").stdout.splitlines() if "operator" in line
+    )
+    with as_key(api, operator) as as_operator:
+        every = as_operator.get("/usage/keys").json()
+    by_key = {k["key"]: k for k in every["keys"]}
+    assert by_key[mine["key"]] == mine  # each key as GET /usage shows it to that key
+    assert all(k["days"] for k in every["keys"])  # dave, with no use, is not listed
 
 
 def test_keys_are_stored_hashed_and_revoked_keys_stop_working(
