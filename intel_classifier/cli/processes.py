@@ -65,10 +65,13 @@ def _run_api(settings: Settings, host: str | None, port: int | None) -> None:
     )
 
 
+QUIET_HELP = "No Celery banner; once ready, warnings and errors only (unless LOG_LEVEL is set)."
+
+
 @app.command()
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-    quiet: Annotated[bool, typer.Option(help="Without Celery's start-up banner.")] = False,
+    quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
     """Run one classification worker: loads the model once, then takes batches."""
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
@@ -81,7 +84,7 @@ def worker(
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     if quiet:
-        _quiet_celery()
+        _quiet_celery(settings)
     # One pool child holds the model and runs the tasks (run more workers to scale);
     # prefork, because only a pool child can be killed at a task's hard time limit.
     celery_app.worker_main(
@@ -97,14 +100,34 @@ def worker(
     )
 
 
-def _quiet_celery() -> None:
+def _quiet_celery(settings: Settings) -> None:
     """For serve on a developer's machine: Celery's warning about running as root is for
-    servers (the Docker images run as an unprivileged user)."""
+    servers (the Docker images run as an unprivileged user), and once the worker is ready
+    only warnings and errors are news (a failed item still says so); a LOG_LEVEL the user
+    set is kept."""
     import warnings
 
     from celery.exceptions import SecurityWarning
+    from celery.signals import worker_process_init, worker_ready
 
     warnings.filterwarnings("ignore", category=SecurityWarning)
+    if "log_level" in settings.model_fields_set:
+        return
+
+    def hush(**_: object) -> None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_WarningsAndReady())
+
+    # The main process logs "ready" and each task's arrival; the pool child, the batches.
+    worker_ready.connect(hush, weak=False)
+    worker_process_init.connect(hush, weak=False)
+
+
+class _WarningsAndReady(logging.Filter):
+    """Warnings and errors, and Celery's ready line (logged just after the ready signal)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.msg == "%s ready."
 
 
 webhooks_app = typer.Typer(
@@ -119,7 +142,7 @@ def webhooks(
     ctx: typer.Context,
     concurrency: Annotated[int, typer.Option(help="Deliveries in flight at once.")] = 8,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-    quiet: Annotated[bool, typer.Option(help="Without Celery's start-up banner.")] = False,
+    quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
     """Run one webhook delivery worker (no model; threads, so slow receivers do not block)."""
     if ctx.invoked_subcommand is not None:
@@ -129,9 +152,10 @@ def webhooks(
     from worker import context
     from worker.celery_app import celery_app, job_queue
 
-    context.attach(celery_app, context.build(get_settings(), job_queue, "webhooks"))
+    settings = get_settings()
+    context.attach(celery_app, context.build(settings, job_queue, "webhooks"))
     if quiet:
-        _quiet_celery()
+        _quiet_celery(settings)
     celery_app.worker_main(
         [
             *(["--quiet"] if quiet else []),
