@@ -95,6 +95,19 @@ def train(
         float, typer.Option(help="Held out for the reported figures.")
     ] = _V2.test_fraction,
     seed: int = _V2.finetune.seed,
+    first_block: Annotated[
+        int, typer.Option(min=13, max=14, help="The first fine-tuned block: 14, or 13 and 14.")
+    ] = _V2.finetune.first_block,
+    label_smoothing: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Fine-tuning's label smoothing.")
+    ] = _V2.finetune.label_smoothing,
+    mixup: Annotated[
+        float, typer.Option(min=0.0, help="Mixup of maps, Beta(a, a); 0 is off.")
+    ] = _V2.finetune.mixup_alpha,
+    ema_decay: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.9999, help="Keep the weights' moving average; 0 is off."),
+    ] = _V2.finetune.ema_decay,
     augment_views: Annotated[
         int, typer.Option(help="Frozen-base only: extra augmented feature views per image.")
     ] = _V1.augment_views,
@@ -140,6 +153,10 @@ def train(
             dense_units=dense_units,
             dropout=dropout,
             seed=seed,
+            first_block=first_block,
+            label_smoothing=label_smoothing,
+            mixup_alpha=mixup,
+            ema_decay=ema_decay,
             **chosen,
         ),
         **_given(validation_fraction=validation_split),
@@ -170,6 +187,45 @@ def _release(settings: Settings, data_dir: Path, output: Path, config: ReleaseCo
         f"INT8 {int8['int8_accuracy']:.4f} vs fp32 {int8['fp32_accuracy']:.4f} on the test "
         f"split, agreeing on {int8['agreement']:.2%} ({verdict})"
     )
+
+
+@app.command()
+def levers(
+    data_dir: Annotated[
+        Path, typer.Argument(help="Folder with one subfolder of images per class.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the table, logits and sheets.")
+    ] = Path("artifacts/levers"),
+    shipped: Annotated[
+        Path, typer.Option(help="The model folder whose weights are the `v2` row.")
+    ] = Path("models/default"),
+    only: Annotated[
+        list[str] | None, typer.Option("--lever", help="Run only these (repeat); default all.")
+    ] = None,
+) -> None:
+    """Measure model v3's candidate changes against v2 on v2's splits (docs/model.md)."""
+    from shared.classifier import artifact
+    from shared.training.levers import LEVERS, run_levers
+
+    chosen = tuple(only or LEVERS)
+    unknown = sorted(set(chosen) - set(LEVERS))
+    if unknown:
+        raise typer.BadParameter(f"unknown lever(s) {unknown}; choose from {list(LEVERS)}")
+    settings = get_settings()
+    outcomes = run_levers(
+        data_dir,
+        output,
+        base_weights=settings.base_weights,
+        cache_dir=settings.cache_dir,
+        shipped_top=shipped / artifact.TOP_WEIGHTS_NAME,
+        levers=chosen,
+    )
+    for outcome in outcomes:
+        typer.echo(
+            f"{outcome.lever:10} validation {outcome.val_accuracy:.4f}  "
+            f"test {outcome.test_accuracy:.4f}"
+        )
 
 
 def _train_frozen_base(

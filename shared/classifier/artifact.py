@@ -91,6 +91,7 @@ class FineTunedManifest(BaseModel):
     input_size: int
     dense_units: int
     dropout: float
+    first_block: int = 14  # the first fine-tuned block (13 or 14); the rest is ImageNet's
     temperature: float = 1.0
     base: BaseSpec
     top_weights: str = TOP_WEIGHTS_NAME

@@ -95,7 +95,13 @@ def _load_finetuned(
         )
     if precision == "int8":
         raise ModelError("INFERENCE_PRECISION=int8 runs the shipped IR, which needs OpenVINO")
-    network = Network(base_weights, manifest.input_size, manifest.dense_units, manifest.dropout)
+    network = Network(
+        base_weights,
+        manifest.input_size,
+        manifest.dense_units,
+        manifest.dropout,
+        manifest.first_block,
+    )
     network.load_top(folder / manifest.top_weights)
     complete = network.complete()
     version = manifest.version_for("fp32")

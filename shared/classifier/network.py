@@ -20,10 +20,10 @@ FEATURE_DIM = 2048  # channels of Xception's last block, the head's input
 WEIGHTS_HINT = "e.g. ../shared/models/xception_imagenet_notop.weights.h5"
 
 
-# The end of block 13, (10, 10, 1024) maps at 299x299: Keras names it add_11 in a fresh
-# process and add_23, add_35... in later models of the same one, so it is found as
-# block 14's input, and this name is only what the cache key records.
-CUT_LAYER = "add_11"
+# Where the trained part starts. Keras names the add layers add_10, add_11 in a fresh
+# process and add_22, add_23... in later models of the same one, so each cut is found
+# as its block's input, and these names are only what the cache key records.
+CUT_LAYERS = {13: "add_10", 14: "add_11"}  # (19, 19, 728) and (10, 10, 1024) at 299x299
 BLOCK_14 = (
     "block14_sepconv1",
     "block14_sepconv1_bn",
@@ -32,7 +32,19 @@ BLOCK_14 = (
     "block14_sepconv2_bn",
     "block14_sepconv2_act",
 )
-TRAINED_CONVOLUTIONS = ("block14_sepconv1", "block14_sepconv2")
+BLOCK_13 = (
+    "block13_sepconv1_act",
+    "block13_sepconv1",
+    "block13_sepconv1_bn",
+    "block13_sepconv2_act",
+    "block13_sepconv2",
+    "block13_sepconv2_bn",
+    "block13_pool",
+)
+TRAINED_CONVOLUTIONS = {
+    14: ("block14_sepconv1", "block14_sepconv2"),
+    13: ("block13_sepconv1", "block13_sepconv2", "block14_sepconv1", "block14_sepconv2"),
+}
 
 
 def base_weights_identity(weights: str) -> str:
@@ -104,27 +116,72 @@ def compose(base: Any, head: Any) -> Any:
 
 
 class Network:
-    """Xception with a head; block 14 and the head are the parts fine-tuning changes."""
+    """Xception with a head; fine-tuning changes the blocks from `first_block` on and the head."""
 
-    def __init__(self, base_weights: str, input_size: int, dense_units: int, dropout: float):
+    def __init__(
+        self,
+        base_weights: str,
+        input_size: int,
+        dense_units: int,
+        dropout: float,
+        first_block: int = 14,
+    ):
         import keras
 
+        if first_block not in CUT_LAYERS:
+            raise ModelError(f"fine-tuning starts at block 13 or 14, not {first_block}")
+        self.first_block = first_block
         self.xception = build_base(base_weights, input_size)
         self.head = build_head(dense_units, dropout)
-        self.cut = self.xception.get_layer(BLOCK_14[0]).input
+        self.cut = self.cut_of(first_block)
         self.map_shape: tuple[int, ...] = tuple(int(d) for d in self.cut.shape[1:])
         maps = keras.Input(shape=self.map_shape, name="maps")
-        x = maps
+        x = self._block_13(maps) if first_block == 13 else maps
         for name in BLOCK_14:
             x = self.xception.get_layer(name)(x)
         x = self.xception.layers[-1](x)  # global average pooling (its name varies)
-        self.top = keras.Model(maps, self.head(x), name="block14_head")
-        for name in BLOCK_14:
-            layer = self.xception.get_layer(name)
+        self.top = keras.Model(maps, self.head(x), name=f"block{first_block}_head")
+        trained = TRAINED_CONVOLUTIONS[first_block]
+        for layer in self._top_layers():
             # Batch norms keep ImageNet's statistics: a frozen Keras 3 BatchNormalization
             # runs in inference mode even in a training step.
-            layer.trainable = name in TRAINED_CONVOLUTIONS
+            layer.trainable = layer.name in trained or layer is self._shortcut_13[0]
         self.head.trainable = True
+
+    @property
+    def _shortcut_13(self) -> tuple[Any, Any]:
+        """Block 13's shortcut: the 1x1 convolution to 1024 channels and its batch norm."""
+        add = self.cut_of(14)._keras_history[0]  # the layer that ends block 13
+        inputs = [tensor._keras_history[0] for tensor in add._inbound_nodes[0].input_tensors]
+        norm = next(layer for layer in inputs if layer.name != BLOCK_13[-1])
+        conv = norm._inbound_nodes[0].input_tensors[0]._keras_history[0]
+        return conv, norm
+
+    def cut_of(self, block: int) -> Any:
+        """The tensor block `block` starts from (what the cache holds for it)."""
+        return self.xception.get_layer(BLOCK_13[0] if block == 13 else BLOCK_14[0]).input
+
+    def _block_13(self, maps: Any) -> Any:
+        import keras
+
+        conv, norm = self._shortcut_13
+        shortcut = norm(conv(maps))
+        x = maps
+        for name in BLOCK_13:
+            x = self.xception.get_layer(name)(x)
+        return keras.layers.Add(name="block13_add")([x, shortcut])
+
+    def _top_layers(self) -> list[Any]:
+        names = (BLOCK_13 if self.first_block == 13 else ()) + BLOCK_14
+        extra = list(self._shortcut_13) if self.first_block == 13 else []
+        return [self.xception.get_layer(name) for name in names] + extra
+
+    def through_block_13(self) -> Any:
+        """Block 13 alone: the maps cached before it in, block 14's input out."""
+        import keras
+
+        maps = keras.Input(shape=tuple(int(d) for d in self.cut_of(13).shape[1:]))
+        return keras.Model(maps, self._block_13(maps))
 
     def up_to_cut(self) -> Any:
         import keras
@@ -139,9 +196,7 @@ class Network:
 
     def trained_variables(self) -> tuple[list[Any], list[Any]]:
         block = [
-            v
-            for name in TRAINED_CONVOLUTIONS
-            for v in self.xception.get_layer(name).trainable_weights
+            v for layer in self._top_layers() if layer.trainable for v in layer.trainable_weights
         ]
         return block, list(self.head.trainable_weights)
 

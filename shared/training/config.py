@@ -13,7 +13,10 @@ from shared.training.augment import Augmentation
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    """Model v2: block 14 and the head, fine-tuned on cached maps."""
+    """Model v2: block 14 and the head, fine-tuned on cached maps.
+
+    The regularisers default to off (v2's recipe); `levers` tries them.
+    """
 
     batch_size: int = 32
     epochs: int = 5
@@ -22,6 +25,10 @@ class FineTuneConfig:
     dense_units: int = 100
     dropout: float = 0.2
     seed: int = 42
+    first_block: int = 14  # 13: blocks 13 and 14 train, from maps cached before block 13
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # 0: off; else maps and labels mixed with Beta(a, a) weights
+    ema_decay: float = 0.0  # 0: off; else validation and the result use the weights' EMA
 
 
 @dataclass(frozen=True)

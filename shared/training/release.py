@@ -29,7 +29,7 @@ from shared.classifier.engine import Backend, Engine, compile_openvino, convert_
 from shared.classifier.inference import infer_batches
 from shared.classifier.labels import CLASSES
 from shared.classifier.loaded import softmax
-from shared.classifier.network import CUT_LAYER, Network, base_weights_identity
+from shared.classifier.network import CUT_LAYERS, Network, base_weights_identity
 from shared.classifier.preprocessing import preprocess
 from shared.errors import InvalidInput
 from shared.training.calibration import (
@@ -93,7 +93,9 @@ def release(
         len(test_idx),
     )
 
-    network = Network(base_weights, config.input_size, tuning.dense_units, tuning.dropout)
+    network = Network(
+        base_weights, config.input_size, tuning.dense_units, tuning.dropout, tuning.first_block
+    )
     identity = base_weights_identity(base_weights)
     maps_started = time.perf_counter()
     built: dict[str, Engine] = {}
@@ -109,7 +111,7 @@ def release(
         FeatureSpec(
             config.input_size,
             identity,
-            layer=CUT_LAYER,
+            layer=CUT_LAYERS[tuning.first_block],
             shape=network.map_shape,
             dtype="float16",
         ),
@@ -154,6 +156,7 @@ def release(
         input_size=config.input_size,
         dense_units=tuning.dense_units,
         dropout=tuning.dropout,
+        first_block=tuning.first_block,
         temperature=temperature,
         base=artifact.BaseSpec(weights=identity),
     )
@@ -173,7 +176,7 @@ def release(
     manifest.serving = shipped.form
     seconds = time.perf_counter() - started
     manifest.training = {
-        "recipe": "fine-tune block 14 + head on cached add_11 maps",
+        "recipe": f"fine-tune {_trained_part(tuning.first_block)}",
         **asdict(tuning),
         "validation_fraction": config.validation_fraction,
         "test_fraction": config.test_fraction,
@@ -205,7 +208,7 @@ def release(
         "best_epoch": fitted.best_epoch,
     }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _plot(output_dir, shipped.test, fitted.history, fitted.best_epoch)
+    _plot(output_dir, shipped.test, fitted.history, fitted.best_epoch, tuning.first_block)
     return ReleaseResult(manifest, metrics, output_dir, seconds)
 
 
@@ -333,8 +336,17 @@ def _logits_on(
     return np.stack(rows), kept
 
 
+def _trained_part(first_block: int) -> str:
+    blocks = "blocks 13 and 14" if first_block == 13 else "block 14"
+    return f"{blocks} + head on cached {CUT_LAYERS[first_block]} maps"
+
+
 def _plot(
-    output_dir: Path, test: dict[str, Any], history: dict[str, list[float]], best_epoch: int
+    output_dir: Path,
+    test: dict[str, Any],
+    history: dict[str, list[float]],
+    best_epoch: int,
+    first_block: int,
 ) -> None:
     from shared.training.plots import plot_confusion_matrix, plot_training_curves
 
@@ -346,5 +358,5 @@ def _plot(
         history,
         best_epoch,
         output_dir / "training_curves.png",
-        "Fine-tuning block 14 + head on cached add_11 maps",
+        f"Fine-tuning {_trained_part(first_block)}",
     )

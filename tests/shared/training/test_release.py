@@ -117,3 +117,31 @@ def test_the_folder_serves_its_ir_and_names_weights_and_precision(
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     if expected == "fp32":
         np.testing.assert_allclose(probabilities, reference.predict(batch), atol=1e-4)
+
+
+def test_a_recipe_from_block_13_with_the_regularisers_ships_and_its_reference_loads(
+    dataset: Path, base_weights: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tuning = FineTuneConfig(
+        epochs=1, batch_size=8, first_block=13, label_smoothing=0.1, mixup_alpha=0.2, ema_decay=0.9
+    )
+    result = release(
+        dataset,
+        tmp_path_factory.mktemp("model13"),
+        ReleaseConfig(input_size=SIZE, calibration_images=12, finetune=tuning),
+        base_weights=base_weights,
+        cache_dir=tmp_path_factory.mktemp("cache13"),
+    )
+    manifest = artifact.read_any_manifest(result.output_dir)
+    assert isinstance(manifest, artifact.FineTunedManifest)
+    assert manifest.first_block == 13
+    assert manifest.training["recipe"] == "fine-tune blocks 13 and 14 + head on cached add_10 maps"
+    assert manifest.training["ema_decay"] == 0.9
+    # The fp32 reference rebuilds the network from block 13: block 14's weights alone
+    # would not load into it.
+    reference = load_classifier(
+        result.output_dir, base_weights, "openvino", tmp_path_factory.mktemp("c"), precision="fp32"
+    )
+    images = list_labelled_images(dataset)[::11]
+    batch = np.stack([preprocess(i.path.read_bytes(), i.name, SIZE, 10**8) for i in images])
+    np.testing.assert_allclose(reference.predict(batch).sum(axis=1), 1.0, rtol=1e-5)
