@@ -83,7 +83,7 @@ def train(
         float, typer.Option(help="The head's Adam learning rate.")
     ] = _V2.finetune.head_learning_rate,
     block_learning_rate: Annotated[
-        float, typer.Option(help="Block 14's Adam learning rate (fine-tuning).")
+        float, typer.Option(help="The fine-tuned blocks' Adam learning rate.")
     ] = _V2.finetune.block_learning_rate,
     dense_units: int = _V2.finetune.dense_units,
     dropout: float = _V2.finetune.dropout,
@@ -123,6 +123,7 @@ def train(
     Duplicates are dropped, the data split train/validation/test; the base runs once
     per image (its add_11 maps are cached in CACHE_DIR); the epoch and the confidence
     temperature are chosen on validation; the INT8 IR is accepted on the test split.
+    `--first-block 13 --label-smoothing 0.1` is the v3 candidate (docs/model.md).
     """
     settings = get_settings()
     chosen = _given(batch_size=batch_size, epochs=epochs)

@@ -15,7 +15,8 @@ from shared.training.augment import Augmentation
 class FineTuneConfig:
     """Model v2: block 14 and the head, fine-tuned on cached maps.
 
-    The regularisers default to off (v2's recipe); `levers` tries them.
+    The other options default to off (v2's recipe); `levers` measured each of them,
+    and v3's candidate is `first_block=13, label_smoothing=0.1` (docs/model.md).
     """
 
     batch_size: int = 32

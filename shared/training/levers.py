@@ -16,7 +16,7 @@ v2 itself is scored the same way, from its shipped weights, so the rows compare.
 | `clean` | training images a confident out-of-fold prediction disagrees with are dropped |
 | `ensemble` | v2's top and a second top (seed 7) average their logits over one base pass |
 | `combined` | the levers that beat v2 on validation, together |
-| `combined_ensemble` | two tops of the combined recipe (seeds 42 and 7), logits averaged |
+| `combined_ensemble` | the combined top and a second block 14 + head (seed 7) sharing the rest |
 
 A rerun into the same folder keeps the levers it holds and builds on them.
 """
@@ -55,6 +55,9 @@ LEVERS = (
     "combined",
     "combined_ensemble",
 )
+# Every lever changes one thing of v2's recipe (block 14, no regulariser), whatever
+# train's defaults become.
+V2_RECIPE = FineTuneConfig(first_block=14, label_smoothing=0.0, mixup_alpha=0.0, ema_decay=0.0)
 SUSPECT_CONFIDENCE = 0.9
 ENSEMBLE_SEED = 7
 
@@ -270,7 +273,7 @@ def _ensemble_of(lever: str) -> Callable[[Bench, dict[str, Outcome]], Outcome]:
             trained.load_top(bench.output_dir / f"{lever}.weights.h5")
             maps = _through(trained.through_block_13(), bench.maps13)
         partner = f"{lever}_seed{ENSEMBLE_SEED}"
-        tuning = replace(bench.config.finetune, **change, seed=ENSEMBLE_SEED)
+        tuning = replace(V2_RECIPE, **change, seed=ENSEMBLE_SEED)
         second = bench.train(partner, tuning, rows=rows, maps=maps, change=change)
         first_val, first_test = bench.logits[lever]
         val, test = bench.logits[partner]
@@ -290,7 +293,7 @@ def _ensemble_of(lever: str) -> Callable[[Bench, dict[str, Outcome]], Outcome]:
 
 def _regulariser(name: str, **change: Any) -> Callable[[Bench, dict[str, Outcome]], Outcome]:
     def run(bench: Bench, done: dict[str, Outcome]) -> Outcome:
-        return bench.train(name, replace(bench.config.finetune, **change), change=change)
+        return bench.train(name, replace(V2_RECIPE, **change), change=change)
 
     return run
 
@@ -329,7 +332,7 @@ def _clean(bench: Bench, done: dict[str, Outcome]) -> Outcome:
     np.save(bench.output_dir / "clean.rows.npy", bench.clean_rows)
     return bench.train(
         "clean",
-        bench.config.finetune,
+        V2_RECIPE,
         rows=bench.clean_rows,
         dropped=len(flagged),
         of=len(split.train),
@@ -362,7 +365,7 @@ def _combined(bench: Bench, done: dict[str, Outcome]) -> Outcome:
     for outcome in winners.values():
         change |= outcome.detail.get("change", {})
     rows = bench.clean_rows if "clean" in winners else None
-    tuning = replace(bench.config.finetune, **change)
+    tuning = replace(V2_RECIPE, **change)
     return bench.train("combined", tuning, rows=rows, chosen=list(winners), change=change)
 
 

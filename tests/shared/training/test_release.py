@@ -43,7 +43,9 @@ def released(
         dataset,
         tmp_path_factory.mktemp("model"),
         ReleaseConfig(
-            input_size=SIZE, calibration_images=12, finetune=FineTuneConfig(epochs=2, batch_size=8)
+            input_size=SIZE,
+            calibration_images=12,
+            finetune=FineTuneConfig(epochs=2, batch_size=8),  # v2's recipe: block 14 alone
         ),
         base_weights=base_weights,
         cache_dir=tmp_path_factory.mktemp("cache"),
