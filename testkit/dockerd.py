@@ -57,9 +57,9 @@ class Dockerd:
         # The classic builder: Debian ships no buildx plugin, and nothing here needs BuildKit.
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_BUILDKIT": "0"}
         # dockerd adds chains and rules and sets FORWARD's policy to DROP: put them back after.
-        self.rules = subprocess.run(
-            ["iptables-save"], capture_output=True, text=True, check=True
-        ).stdout
+        self.rules = _with_empty_tables(
+            subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+        )
         subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", BRIDGE_ADDRESS, "dev", self.bridge], check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
@@ -169,3 +169,24 @@ def debian_base_image(docker: Dockerd, tag: str) -> str:
     )  # fmt: skip
     archive.unlink()
     return tag
+
+
+# What an absent table held before dockerd: nothing, with ACCEPT policies. Restoring a
+# table flushes it and drops its chains, so naming these empties what dockerd made in
+# tables that did not exist before it (a machine that never had a rule).
+EMPTY_TABLES = {
+    "filter": ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+    "nat": (
+        ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        ":POSTROUTING ACCEPT [0:0]\n"
+    ),
+}
+
+
+def _with_empty_tables(saved: str) -> str:
+    """`saved`, plus an empty filter or nat table where it had none, so restoring it
+    removes what dockerd adds to them."""
+    for table, chains in EMPTY_TABLES.items():
+        if f"*{table}\n" not in saved:
+            saved += f"*{table}\n{chains}COMMIT\n"
+    return saved
