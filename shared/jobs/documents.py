@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import func, select
@@ -51,30 +52,40 @@ def job_document(session: UnitOfWork, job: Job) -> dict[str, Any]:
     }
 
 
-# A final webhook event carries the results of a job up to this many items: enough for
-# the small jobs that want no second call, small enough (about 150 KB) for any receiver.
+# A final webhook event carries the results of a job up to this many items and bytes:
+# enough for the small jobs that want no second call, and bounded whatever a tenant names
+# its files (zip entry names and errors have no length limit of their own).
 RESULTS_IN_EVENT = 1000
+RESULTS_EVENT_BYTES = 256 * 1024
 
 
-def results_digest(session: UnitOfWork, job: Job, limit: int = RESULTS_IN_EVENT) -> dict[str, Any]:
-    """The items' outcomes for a final event: `complete` false means fetch `links.results`."""
+def results_digest(
+    session: UnitOfWork,
+    job: Job,
+    limit: int = RESULTS_IN_EVENT,
+    max_bytes: int = RESULTS_EVENT_BYTES,
+) -> dict[str, Any]:
+    """The items' outcomes for a final event, in upload order, until `limit` items or
+    `max_bytes` of JSON; `complete` false means the rest are at `links.results`."""
     rows = session.scalars(
         select(Item).where(Item.job_id == job.id).order_by(Item.position).limit(limit + 1)
     ).all()
-    return {
-        "complete": len(rows) <= limit,
-        "items": [
-            {
-                "custom_id": item.custom_id,
-                "filename": item.filename,
-                "status": item.status,
-                "class": item.label,
-                "confidence": item.confidence,
-                "error": item.error,
-            }
-            for item in rows[:limit]
-        ],
-    }
+    items: list[dict[str, Any]] = []
+    size = 0
+    for item in rows[:limit]:
+        outcome = {
+            "custom_id": item.custom_id,
+            "filename": item.filename,
+            "status": item.status,
+            "class": item.label,
+            "confidence": item.confidence,
+            "error": item.error,
+        }
+        size += len(json.dumps(outcome, separators=(",", ":")).encode())
+        if size > max_bytes:
+            break
+        items.append(outcome)
+    return {"complete": len(items) == len(rows), "items": items}
 
 
 def eta_seconds(job: Job, done: int) -> float | None:

@@ -2,7 +2,7 @@
 
 Each carries the job document as `GET /jobs/{id}` shows it at that moment; the
 final event adds its items' outcomes with their `custom_id`s (`results`, up to
-RESULTS_IN_EVENT items; `complete: false` beyond). The row is written by the
+RESULTS_IN_EVENT items and RESULTS_EVENT_BYTES; `complete: false` beyond). The row is written by the
 webhooks room (`shared.webhooks.events.record_event`) in the same transaction,
 and delivered after its commit.
 """

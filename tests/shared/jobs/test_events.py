@@ -67,6 +67,11 @@ def test_a_large_job_s_final_event_carries_the_first_items_and_says_it_is_incomp
     assert digest["complete"] is False
     assert [r["custom_id"] for r in digest["items"]] == ["img0.jpg", "img1.jpg"]
     assert whole["complete"] is True
+    # Bounded in bytes too, whatever the names: each item here is about 110 bytes.
+    with scope(write=False) as session:
+        small = results_digest(session, get_job(session, job_id), limit=3, max_bytes=300)
+    assert small["complete"] is False
+    assert [r["custom_id"] for r in small["items"]] == ["img0.jpg", "img1.jpg"]
     assert whole["items"][2] == {
         "custom_id": "bad0.txt",
         "filename": "bad0.txt",
