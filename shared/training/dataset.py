@@ -9,6 +9,7 @@ import numpy as np
 
 from shared.classifier.labels import CLASSES
 from shared.errors import InvalidInput
+from shared.training.features import content_hashes
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,29 @@ def stratified_three_way(
     inner_fraction = validation_fraction / (1.0 - test_fraction)
     train_pos, val_pos = stratified_split([labels[i] for i in rest], inner_fraction, seed + 1)
     return [rest[i] for i in train_pos], [rest[i] for i in val_pos], test
+
+
+@dataclass(frozen=True)
+class SplitImages:
+    """The images left after `drop_duplicates`, and positions into them for each split."""
+
+    images: list[LabelledImage]
+    hashes: list[str]  # sha256 of each image's bytes, in the same order
+    deduplication: Deduplication
+    train: list[int]
+    validation: list[int]
+    test: list[int]
+
+
+def split_images(
+    images: list[LabelledImage], validation_fraction: float, test_fraction: float, seed: int
+) -> SplitImages:
+    """Duplicates dropped, then the seeded stratified train / validation / test split: the
+    one every fine-tuned recipe, the levers and `evaluate --holdout` reproduce."""
+    hashes = content_hashes([image.path for image in images])
+    kept, deduplication = drop_duplicates(images, hashes)
+    images, hashes = [images[i] for i in kept], [hashes[i] for i in kept]
+    train, validation, test = stratified_three_way(
+        [image.label for image in images], validation_fraction, test_fraction, seed
+    )
+    return SplitImages(images, hashes, deduplication, train, validation, test)

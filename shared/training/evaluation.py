@@ -13,11 +13,9 @@ from shared.classifier.loaded import Classifier
 from shared.errors import InvalidInput
 from shared.training.dataset import (
     LabelledImage,
-    drop_duplicates,
+    split_images,
     stratified_split,
-    stratified_three_way,
 )
-from shared.training.features import content_hashes
 from shared.training.metrics import classification_report
 
 # How a long step reports progress: given a description and a total, a function that
@@ -49,15 +47,10 @@ def select_holdout(
 
 def _test_split(images: list[LabelledImage], manifest: FineTunedManifest) -> list[LabelledImage]:
     training = manifest.training
-    kept, _ = drop_duplicates(images, content_hashes([image.path for image in images]))
-    images = [images[i] for i in kept]
-    _, _, test = stratified_three_way(
-        [image.label for image in images],
-        training["validation_fraction"],
-        training["test_fraction"],
-        training["seed"],
+    split = split_images(
+        images, training["validation_fraction"], training["test_fraction"], training["seed"]
     )
-    return [images[i] for i in test]
+    return [split.images[i] for i in split.test]
 
 
 def evaluate_images(

@@ -37,8 +37,8 @@ from shared.classifier.engine import make_engine
 from shared.classifier.labels import CLASSES
 from shared.classifier.network import CUT_LAYERS, Network, base_weights_identity
 from shared.training.config import FineTuneConfig, ReleaseConfig
-from shared.training.dataset import drop_duplicates, list_labelled_images, stratified_three_way
-from shared.training.features import FeatureSpec, compute_features, content_hashes
+from shared.training.dataset import list_labelled_images, split_images
+from shared.training.features import FeatureSpec, compute_features
 from shared.training.finetune import fit, logits_of
 from shared.training.noisy_labels import contact_sheet, find_suspects, out_of_fold_probabilities
 
@@ -198,18 +198,20 @@ def _prepare(
     config: ReleaseConfig,
     shipped_top: Path,
 ) -> Bench:
-    images = list_labelled_images(data_dir)
-    hashes = content_hashes([image.path for image in images])
-    kept, _ = drop_duplicates(images, hashes)
-    images, hashes = [images[i] for i in kept], [hashes[i] for i in kept]
-    labels = np.asarray([image.label for image in images])
-    train, val, test = stratified_three_way(
-        labels.tolist(), config.validation_fraction, config.test_fraction, config.finetune.seed
+    split = split_images(
+        list_labelled_images(data_dir),
+        config.validation_fraction,
+        config.test_fraction,
+        V2_RECIPE.seed,
     )
-    network = Network(base_weights, config.input_size, 100, 0.2, first_block=13)
+    images = split.images
+    labels = np.asarray([image.label for image in images])
+    network = Network(
+        base_weights, config.input_size, V2_RECIPE.dense_units, V2_RECIPE.dropout, first_block=13
+    )
     maps13 = compute_features(
         [image.path for image in images],
-        hashes,
+        split.hashes,
         FeatureSpec(
             config.input_size,
             base_weights_identity(base_weights),
@@ -226,9 +228,9 @@ def _prepare(
     splits = Splits(
         [image.path for image in images],
         labels,
-        np.asarray([i for i in train if readable[i]]),
-        np.asarray([i for i in val if readable[i]]),
-        np.asarray([i for i in test if readable[i]]),
+        np.asarray([i for i in split.train if readable[i]]),
+        np.asarray([i for i in split.validation if readable[i]]),
+        np.asarray([i for i in split.test if readable[i]]),
     )
     maps14 = _through(network.through_block_13(), maps13.features)
     return Bench(splits, maps13.features, maps14, base_weights, output_dir, config, shipped_top)

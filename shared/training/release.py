@@ -40,12 +40,11 @@ from shared.training.calibration import (
 from shared.training.config import ReleaseConfig
 from shared.training.dataset import (
     LabelledImage,
-    drop_duplicates,
     list_labelled_images,
-    stratified_three_way,
+    split_images,
 )
 from shared.training.evaluation import MAX_ACCURACY_DROP, ProgressFactory
-from shared.training.features import FeatureSpec, compute_features, content_hashes
+from shared.training.features import FeatureSpec, compute_features
 from shared.training.finetune import fit, logits_of
 from shared.training.metrics import classification_report
 
@@ -75,14 +74,11 @@ def release(
 ) -> ReleaseResult:
     started = time.perf_counter()
     tuning = config.finetune
-    images = list_labelled_images(data_dir)
-    hashes = content_hashes([image.path for image in images])
-    kept, deduplication = drop_duplicates(images, hashes)
-    images, hashes = [images[i] for i in kept], [hashes[i] for i in kept]
+    every = list_labelled_images(data_dir)
+    split = split_images(every, config.validation_fraction, config.test_fraction, tuning.seed)
+    images, hashes, deduplication = split.images, split.hashes, split.deduplication
     labels = np.asarray([image.label for image in images])
-    train_idx, val_idx, test_idx = stratified_three_way(
-        labels.tolist(), config.validation_fraction, config.test_fraction, tuning.seed
-    )
+    train_idx, val_idx, test_idx = split.train, split.validation, split.test
     log.info(
         "%d images after dropping %d conflicting and %d repeated copies: %d/%d/%d",
         len(images),
@@ -185,7 +181,7 @@ def release(
         "maps_seconds": round(maps_seconds, 1),
         "maps_computed": maps.computed,
         "images": {
-            "found": len(kept) + len(deduplication.conflicting) + len(deduplication.repeated),
+            "found": len(every),
             "train": len(train_idx),
             "validation": len(val_idx),
             "test": len(test_idx),
