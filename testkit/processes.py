@@ -102,22 +102,24 @@ class Service:
 
     def start_api(self) -> Process:
         process = self.spawn("api", "api", "--port", str(self.port))
-        wait_for(lambda: self._answers("/healthz") or _died(process), 60, "the API")
-        _raise_if_died(process)
+        with _stopped_unless_up(process):
+            wait_for(lambda: self._answers("/healthz") or _died(process), 60, "the API")
         return process
 
     def start_worker(self, **overrides: str) -> Process:
         """A classify worker, with settings of its own where `overrides` give them."""
         process = self.spawn("worker", "worker", env=overrides)
-        wait_for(lambda: " ready." in process.output() or _died(process), 180, "a worker")
-        _raise_if_died(process)
+        with _stopped_unless_up(process):
+            wait_for(lambda: " ready." in process.output() or _died(process), 180, "a worker")
         return process
 
     def start_serve(self) -> Process:
         process = self.spawn("serve", "serve", "--port", str(self.port))
-        wait_for(lambda: process.output().count(" ready.") >= 2 or _died(process), 180, "workers")
-        wait_for(lambda: self._answers("/healthz") or _died(process), 60, "serve's API")
-        _raise_if_died(process)
+        with _stopped_unless_up(process):
+            wait_for(
+                lambda: process.output().count(" ready.") >= 2 or _died(process), 180, "workers"
+            )
+            wait_for(lambda: self._answers("/healthz") or _died(process), 60, "serve's API")
         return process
 
     def _answers(self, path: str) -> bool:
@@ -172,6 +174,18 @@ def running_serve(data_dir: Path, **overrides: str) -> Iterator[Service]:
 
 def _died(process: Process) -> bool:
     return process.popen.poll() is not None
+
+
+@contextmanager
+def _stopped_unless_up(process: Process) -> Iterator[None]:
+    """Waits for `process` to come up; if it died or a wait failed, it is stopped, not left
+    running (with its workers) for the rest of the session."""
+    try:
+        yield
+        _raise_if_died(process)
+    except BaseException:
+        process.stop()
+        raise
 
 
 def _raise_if_died(process: Process) -> None:
