@@ -42,6 +42,8 @@ def refresh_jobs(session: UnitOfWork, job_ids: list[str]) -> dict[str, Job]:
     last of them always sees every other's results and the job always ends. The
     rows are locked in id order (one order for every worker: no deadlocks), and
     every job's items are counted in one statement, whatever the number of jobs.
+    Every writer takes item rows before job rows (a batch, a claim, a take-back, a
+    cancel), so callers lock or update the items they change before calling this.
     """
     if not job_ids:
         return {}

@@ -214,19 +214,23 @@ def results_page(
 
 def cancel_job(session: UnitOfWork, job_id: str, owner: str | None) -> Job:
     session.begin_write()
-    job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
-    if job is None or (owner is not None and job.owner_id != owner):
-        raise NotFound(f"no job with id {job_id!r}")
-    if JobStatus(job.status).is_final:
-        raise Conflict(f"job {job_id} already finished with status {job.status}")
+    _unfinished(get_job(session, job_id, owner))
     now = utcnow()
-    # Running items end too: a batch that lands later writes only over running
-    # items, so it cannot bring a cancelled job's counts or status back.
+    # The items are locked before the job row, the order a worker recording a batch
+    # (and a claim) takes them: a cancel landing beside a batch waits for it instead
+    # of holding the job while the batch holds the items (a deadlock Postgres breaks
+    # by failing one of the two). Running items end too: a batch that lands later
+    # writes only over running items, so it cannot bring the counts or status back.
     skipped = session.execute(
         update(Item)
         .where(Item.job_id == job_id, Item.status.in_([ItemStatus.QUEUED, ItemStatus.RUNNING]))
         .values(status=ItemStatus.SKIPPED, finished_at=now, error="job cancelled")
     )
+    locked = select(Job).where(Job.id == job_id).with_for_update()
+    job = session.scalars(locked.execution_options(populate_existing=True)).one_or_none()
+    if job is None:  # deleted meanwhile
+        raise NotFound(f"no job with id {job_id!r}")
+    _unfinished(job)  # a batch that landed first may have ended it: then nothing changed
     metrics.items_finished(session, ItemStatus.SKIPPED, int(skipped.rowcount or 0))  # type: ignore[attr-defined]
     job.status = JobStatus.CANCELLED
     job.finished_at = now
@@ -235,6 +239,11 @@ def cancel_job(session: UnitOfWork, job_id: str, owner: str | None) -> Job:
     outbox.add_finished(session, job.id)
     metrics.job_finished(session, job)
     return job
+
+
+def _unfinished(job: Job) -> None:
+    if JobStatus(job.status).is_final:
+        raise Conflict(f"job {job.id} already finished with status {job.status}")
 
 
 def delete_job(session: UnitOfWork, storage: Storage, job_id: str, owner: str | None) -> None:
