@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -87,21 +88,26 @@ def submit_job(
     if idempotency is not None and (job := earlier_job(session, idempotency)) is not None:
         storage.delete_prefix(storage_prefix(job_id))
         return Submission(job, replayed=True)
+    add_job = partial(
+        create_job,
+        session,
+        job_id,
+        staged,
+        owner_id=owner_id,
+        webhook_url=webhook,
+        webhook_events=events,
+        metadata=metadata,
+        source=source,
+        model_version=model_version,
+    )
+    if idempotency is None:  # nothing can collide: no savepoint's two round trips
+        job = add_job()
+        _wake_a_worker(session, job)
+        return Submission(job, replayed=False)
     try:
         with session.begin_nested():
-            job = create_job(
-                session,
-                job_id,
-                staged,
-                owner_id=owner_id,
-                webhook_url=webhook,
-                webhook_events=events,
-                metadata=metadata,
-                source=source,
-                model_version=model_version,
-            )
-            if idempotency is not None:
-                remember(session, idempotency, job_id)
+            job = add_job()
+            remember(session, idempotency, job_id)
     except IntegrityError:
         # Postgres: a concurrent request with the same key committed first (SQLite's
         # write lock makes the check above enough). Its job is this request's answer.
@@ -110,7 +116,11 @@ def submit_job(
         metrics.discard_increments(session)  # counted for the job that was not inserted
         storage.delete_prefix(storage_prefix(job_id))
         return Submission(job, replayed=True)
+    _wake_a_worker(session, job)
+    return Submission(job, replayed=False)
+
+
+def _wake_a_worker(session: UnitOfWork, job: Job) -> None:
     # A /predict job needs only a worker awake: every worker serves the lane between
     # requests, so one wake-up message waits for all of them, not one per call.
-    outbox.add_job(session, LANE_WAKE_UP if source == JobSource.PREDICT else job_id)
-    return Submission(job, replayed=False)
+    outbox.add_job(session, LANE_WAKE_UP if job.source == JobSource.PREDICT else job.id)
