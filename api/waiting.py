@@ -65,7 +65,12 @@ def _ended(session: UnitOfWork, job_id: str) -> tuple[Job, Item] | None:
         ).first()
         if row is None or not JobStatus(row[0].status).is_final:
             return None
-        return row[0], row[1]
+        job, item = row
+        # Detached, the rollback below leaves what was read in place: the route reads
+        # the answer from them with no second and third query.
+        session.expunge(job)
+        session.expunge(item)
+        return job, item
     finally:
         unit_of_work.rollback(session)  # end the read: the connection returns to the pool
 
