@@ -32,7 +32,7 @@ from shared.jobs.processing import (
     still_held,
 )
 from shared.jobs.recovery import release
-from shared.jobs.scheduling import HELPER_WAKE_UP, lane_waiting
+from shared.jobs.scheduling import HELPER_WAKE_UP, LANE_WAKE_UP, lane_waiting
 from shared.settings import Settings
 from worker.fetch import fetch_input
 from worker.liveness import liveness, main_alive
@@ -98,9 +98,11 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         else settings.inference_batch_size
     )
     held: set[str] = set()
-    _call_for_help(runtime, batch_size)
 
     def claims() -> Iterator[list[Claimed]]:
+        # Asked when the first batch is wanted, after the lane's first look: a waiting
+        # /predict call goes to the engine without this read ahead of it.
+        _call_for_help(runtime, batch_size)
         for _ in range(MAX_BATCHES_PER_TASK):
             if not main_alive():
                 return  # the Celery main process stopped: take no more work
@@ -123,7 +125,8 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         return preprocess(data, item.filename, classifier.input_size, settings.max_image_pixels)
 
     lane_groups = 0
-    lane_busy = False
+    # The lane's own message says a call is waiting: claim at once, with no look first.
+    lane_busy = job_id == LANE_WAKE_UP
 
     def lane() -> list[Claimed]:
         """/predict items waiting now: claimed and charged in one unit, to run at once."""
