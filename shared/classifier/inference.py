@@ -283,7 +283,10 @@ def infer_pipelined(
     Groups are yielded as they finish. `to_output` turns a row of logits into the
     output the caller wants. Just before a decoded group goes to the engine,
     `wanted` may say which of its items are still wanted (a job cancelled while
-    they decoded): the others are not run, and come back "no longer wanted".
+    they decoded): the others are not run, and come back "no longer wanted". A
+    lone urgent row on a quiet engine (an idle service's /predict call) is
+    yielded before the next group is claimed: it runs on every core, and the
+    claim's database work would only slow it.
     """
     lane = _DecodePool(decode, 1)
     decoded_groups = decode_ahead(groups, decode, workers, decode_timeout_seconds, on_wait)
@@ -323,7 +326,14 @@ def infer_pipelined(
 
     try:
         while True:
-            take_lane()
+            if take_lane() and len(in_flight) == 1 and len(in_flight[0].batch) == 1:
+                # One urgent row on a quiet engine runs on every core at once, and nothing
+                # can start on the engine until it ends: its answer comes first, and the
+                # next claim and decode wait for it rather than take a core from it.
+                alone = in_flight.pop()
+                alone.pending.wait()
+                yield _finished(alone.batch, alone.pending, alone.began, to_output)
+                continue
             while more_groups and sum(not r.urgent for r in in_flight) < depth:
                 batch = next(decoded_groups, None)
                 if batch is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -105,3 +106,29 @@ def test_items_no_longer_wanted_never_reach_the_engine(runner: ThroughputRunner)
     assert started == [3]
     assert [o for o in batch.outputs if isinstance(o, str)] == ["no longer wanted"] * 3
     assert all(not isinstance(batch.outputs[i], str) for i in (0, 2, 4))
+
+
+def test_a_lone_urgent_row_is_answered_before_the_next_group_is_claimed(
+    runner: ThroughputRunner,
+) -> None:
+    data = images(5, seed=5)
+    claimed: list[str] = []
+
+    def groups() -> Iterator[list[int]]:
+        claimed.append("group")  # a claim, with its database work
+        yield [1, 2, 3, 4]
+
+    arrived = [[0]]
+    batches = infer_pipelined(
+        groups(),
+        lambda i: data[i],
+        runner.start,
+        lambda logits: logits,
+        workers=2,
+        urgent=lambda: arrived.pop(0) if arrived else [],
+    )
+    first = next(batches)
+    assert first.items == [0]
+    assert claimed == []  # nothing took a core from the row running on all of them
+    assert [batch.items for batch in batches] == [[1, 2, 3, 4]]
+    assert claimed == ["group"]
