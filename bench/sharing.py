@@ -12,12 +12,15 @@ on this machine. In the same run:
    counts are sampled each second: the A:M share ratio (M's over A's, counted
    from when both first had results; worst sample once 100 more are done) says
    whether splitting work buys share;
-4. during the backlog, tenant B sends a one-image job (its wait), and tenant P
-   calls /predict in a loop (p50, p95);
+4. during the backlog, tenant B sends three one-image jobs 5 s apart (the median
+   wait, and each job's time queued and running), and tenant P calls /predict in
+   a loop (p50, p95);
 5. the backlog's throughput (2N images over the time to finish both) against solo;
-6. OpenVINO's `benchmark_app` on the shipped IR (throughput hint), before the
-   service starts: the solo zip's rate over it says how much of the engine the
-   service delivers end to end.
+6. OpenVINO's `benchmark_app` on the shipped IR, before the service starts: with
+   the throughput hint, the solo zip's rate over it says how much of the engine
+   the service delivers end to end; with the latency hint, its median for one
+   image is the floor of an idle /predict, and the p50 above it is what the
+   service adds (the engine's own time differs threefold between these machines).
 
 Every phase sends photos no earlier phase sent, so reuse of known results
 cannot flatter it. Figures vary ±20 % between runs on these machines; the ratios
@@ -49,6 +52,7 @@ from testkit.resources import TRAIN_DIR, fresh_postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 SHARE_WARMUP_IMAGES = 100
+B_JOBS = 3  # B's one-image jobs, 5 s apart: their median is B's wait
 
 
 class Tenant:
@@ -90,6 +94,17 @@ class Tenant:
         return (time.perf_counter() - started) * 1000
 
 
+def _steps_ms(job: dict[str, Any]) -> dict[str, float]:
+    """Where a job's time went: queued (created to started) and running (to finished)."""
+    created, started, finished = (
+        datetime.fromisoformat(job[k]) for k in ("created_at", "started_at", "finished_at")
+    )
+    return {
+        "queued_ms": round((started - created).total_seconds() * 1000, 1),
+        "running_ms": round((finished - started).total_seconds() * 1000, 1),
+    }
+
+
 def _farthest_from_one(ratios: list[float]) -> float:
     return max(ratios, key=lambda r: r if r >= 1 else 1 / max(r, 1e-9))
 
@@ -98,7 +113,8 @@ def measure(service: Service, paths: list[Path], per_tenant: int) -> dict[str, A
     solo_paths, paths = paths[:per_tenant], paths[per_tenant:]
     a_paths, paths = paths[:per_tenant], paths[per_tenant:]
     m_paths, paths = paths[:per_tenant], paths[per_tenant:]
-    b_path, idle_paths, busy_paths = paths[0], paths[1:26], paths[26:]
+    b_paths, paths = paths[:B_JOBS], paths[B_JOBS:]
+    idle_paths, busy_paths = paths[:25], paths[25:]
     solo, a, m, b, p = (Tenant(service, n) for n in ("solo", "A", "M", "B", "P"))
 
     for path in idle_paths[:5]:  # warm-up: the first inference, connections
@@ -119,6 +135,7 @@ def measure(service: Service, paths: list[Path], per_tenant: int) -> dict[str, A
     samples: list[tuple[float, int, int]] = []
     busy_predicts: list[float] = []
     b_wait: list[float] = []
+    b_steps: list[dict[str, float]] = []
     stop = threading.Event()
 
     def predict_loop() -> None:
@@ -128,19 +145,25 @@ def measure(service: Service, paths: list[Path], per_tenant: int) -> dict[str, A
             busy_predicts.append(p.predict(path))
             time.sleep(0.25)
 
-    def b_once() -> None:
-        time.sleep(5)  # into a backlog in full swing
+    def b_job() -> None:
         sent = time.perf_counter()
-        job_id = b.submit([b_path])
-        wait_for(
-            lambda: JobStatus(b.client.get(f"/jobs/{job_id}").json()["status"]).is_final,
-            300,
-            "B",
-            0.02,
-        )
-        b_wait.append((time.perf_counter() - sent) * 1000)
+        job_id = b.submit([b_paths.pop()])
+        job: dict[str, Any] = {}
 
-    threads = [threading.Thread(target=predict_loop), threading.Thread(target=b_once)]
+        def ended() -> bool:
+            job.update(b.client.get(f"/jobs/{job_id}").json())
+            return JobStatus(job["status"]).is_final
+
+        wait_for(ended, 300, "B", 0.02)
+        b_wait.append((time.perf_counter() - sent) * 1000)
+        b_steps.append(_steps_ms(job))
+
+    def b_jobs() -> None:
+        for _ in range(B_JOBS):
+            time.sleep(5)  # into a backlog in full swing
+            b_job()
+
+    threads = [threading.Thread(target=predict_loop), threading.Thread(target=b_jobs)]
     for thread in threads:
         thread.start()
     while True:
@@ -175,7 +198,10 @@ def measure(service: Service, paths: list[Path], per_tenant: int) -> dict[str, A
             "median": round(statistics.median(ratios), 3) if ratios else None,
             "samples": len(ratios),
         },
-        "b_one_image_ms": round(b_wait[0], 1) if b_wait else None,
+        "b_one_image_ms": round(statistics.median(b_wait), 1) if b_wait else None,
+        "b_one_image_jobs": [
+            {"total_ms": round(w, 1), **steps} for w, steps in zip(b_wait, b_steps, strict=True)
+        ],
         "predict_idle_ms": percentiles(idle),
         "predict_under_backlog_ms": percentiles(busy_predicts) if busy_predicts else None,
         "progress_samples": [(round(t, 1), ad, md) for t, ad, md in samples],
@@ -184,8 +210,8 @@ def measure(service: Service, paths: list[Path], per_tenant: int) -> dict[str, A
     return result
 
 
-def benchmark_app(seconds: int = 15) -> float:
-    """OpenVINO's own benchmark_app on the shipped IR, throughput hint, one image a request."""
+def benchmark_app(hint: str = "throughput", seconds: int = 15) -> tuple[float, float]:
+    """OpenVINO's own benchmark_app on the shipped IR, one image a request: (img/s, median ms)."""
     import re
     import shutil
     import subprocess
@@ -194,16 +220,18 @@ def benchmark_app(seconds: int = 15) -> float:
 
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
     model = str(DEFAULT_MODEL_PATH / "model.xml")
-    arguments = ["-d", "CPU", "-hint", "throughput", "-t", str(seconds), "-shape", "[1,299,299,3]"]
+    arguments = ["-d", "CPU", "-hint", hint, "-t", str(seconds), "-shape", "[1,299,299,3]"]
     output = subprocess.run(
         [tool, "-m", model, *arguments],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    found = re.search(r"Throughput:\s+([\d.]+) FPS", output)
-    assert found, output
-    return float(found.group(1))
+    rate = re.search(r"Throughput:\s+([\d.]+) FPS", output)
+    median = re.search(r"Median:\s+([\d.]+) ms", output)
+    assert rate, output
+    assert median, output
+    return float(rate.group(1)), float(median.group(1))
 
 
 def main() -> None:
@@ -223,8 +251,9 @@ def run(out_dir: Path, per_tenant: int, label: str) -> dict[str, Any]:
     np.random.default_rng(7).shuffle(paths)
     needed = 3 * per_tenant + 200
     assert len(paths) >= needed, f"{needed} images needed, {len(paths)} found"
-    engine_rate = benchmark_app()
-    log(f"benchmark_app: {engine_rate:.1f} img/s")
+    engine_rate, _ = benchmark_app("throughput")
+    _, engine_latency_ms = benchmark_app("latency", seconds=10)
+    log(f"benchmark_app: {engine_rate:.1f} img/s; one image alone {engine_latency_ms:.1f} ms")
     redis.Redis.from_url(REDIS_URL).flushdb()
     work = Path(f"/tmp/bench-sharing-{int(time.time())}")
     work.mkdir(parents=True)
@@ -247,6 +276,11 @@ def run(out_dir: Path, per_tenant: int, label: str) -> dict[str, Any]:
             service.stop()
     result["benchmark_app_images_per_s"] = engine_rate
     result["solo_over_benchmark_app"] = round(result["solo_images_per_s"] / engine_rate, 3)
+    # What an idle /predict costs beyond the engine's own time for one image.
+    result["benchmark_app_latency_ms"] = engine_latency_ms
+    result["predict_idle_p50_over_engine_ms"] = round(
+        result["predict_idle_ms"]["p50"] - engine_latency_ms, 1
+    )
     out = out_dir / "sharing.json"
     stored = json.loads(out.read_text()) if out.exists() else {}
     stored[label] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), **result}
