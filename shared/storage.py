@@ -37,10 +37,15 @@ class Storage(Protocol):
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Resolved once: a worker touches storage twice an image, and resolving walks
+        # the folders' every part with a system call each.
+        self._resolved_root = root.resolve()
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        # Keys are ours (job and item ids): normalising catches a ".." without
+        # the system calls `resolve` spends on each part of the path.
+        path = Path(os.path.normpath(self._resolved_root / key))
+        if not path.is_relative_to(self._resolved_root):
             raise ValueError(f"storage key {key!r} escapes the storage root")
         return path
 

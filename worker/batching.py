@@ -49,6 +49,9 @@ LANE_GROUPS_PER_TASK = 8 * MAX_BATCHES_PER_TASK
 # a claim and a record whatever its size, so under a flood of calls groups of 8 spend
 # half the bookkeeping of groups of 4; their rows still go to the engine one at a time.
 LANE_GROUP = 8
+# How often a busy worker looks for waiting /predict calls: the most a call waits
+# before its claim, on top of the request it then waits for.
+LANE_LOOK_SECONDS = 0.05
 # Groups queued on an engine that runs requests in flight: one runs while the
 # worker records the one before and decodes the one after.
 PIPELINE_DEPTH = 2
@@ -106,14 +109,19 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         for _ in range(MAX_BATCHES_PER_TASK):
             if not main_alive():
                 return  # the Celery main process stopped: take no more work
-            claimed = _claim(batch_size, runtime)
-            if not claimed:
+            if classifier.can_start:
+                # Claimed straight into the pass, in one unit of work: the group's decode
+                # starts as soon as it is yielded.
+                to_run = _claim(batch_size, runtime, into_pass=True)
+                held.update(c.id for c in to_run)
+            else:
+                claimed = _claim(batch_size, runtime)
+                held.update(c.id for c in claimed)
+                to_run = _begin_pass(claimed, runtime)
+                held.difference_update(c.id for c in claimed if c not in to_run)
+            if not to_run:
                 return
-            held.update(c.id for c in claimed)
-            to_run = _begin_pass(claimed, runtime)
-            held.difference_update(c.id for c in claimed if c not in to_run)
-            if to_run:
-                yield to_run
+            yield to_run
 
     def decode(item: Claimed) -> np.ndarray:
         if item.source_url is not None:
@@ -127,16 +135,23 @@ def process_job(job_id: str, runtime: Runtime) -> None:
     lane_groups = 0
     # The lane's own message says a call is waiting: claim at once, with no look first.
     lane_busy = job_id == LANE_WAKE_UP
+    next_look = 0.0
 
     def lane() -> list[Claimed]:
         """/predict items waiting now: claimed and charged in one unit, to run at once."""
-        nonlocal lane_groups, lane_busy
+        nonlocal lane_groups, lane_busy, next_look
         if lane_groups >= LANE_GROUPS_PER_TASK:
             return []  # past the bound, the next task (the lane's own messages) goes on
         # While calls keep coming, claim straight away; once a claim finds none, look
-        # first (a cheap read) rather than take the scheduler's lock for nothing.
-        if not lane_busy and not _lane_waiting(runtime):
-            return []
+        # first (a cheap read) rather than take the scheduler's lock for nothing, and
+        # look at most every LANE_LOOK_SECONDS: the loop asks whenever a group ends.
+        if not lane_busy:
+            now = time.monotonic()
+            if now < next_look:
+                return []
+            next_look = now + LANE_LOOK_SECONDS
+            if not _lane_waiting(runtime):
+                return []
         lane_groups += 1
         claim = _claim_once(LANE_GROUP, runtime, suspects=False, lane_only=True, into_pass=True)
         lane_busy = bool(claim.claimed)
@@ -172,6 +187,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
                 urgent=lane,
                 wanted=wanted,
                 depth=PIPELINE_DEPTH,
+                lane_look_seconds=LANE_LOOK_SECONDS,
             )
             if classifier.can_start
             else infer_groups(
@@ -283,21 +299,28 @@ def _result(
     )
 
 
-def _claim(batch_size: int, runtime: Runtime) -> list[Claimed]:
-    """Items for the next forward pass; repeats of known images are settled on the way."""
+def _claim(batch_size: int, runtime: Runtime, *, into_pass: bool = False) -> list[Claimed]:
+    """Items for the next forward pass; repeats of known images are settled on the way.
+
+    With `into_pass` they are charged as they are claimed, and a partial group does
+    not wait to fill up: an engine that runs one image per request gains nothing
+    from a fuller group, and items that wait must not be charged meanwhile.
+    """
     to_run: list[Claimed] = []
     waited = False
     while len(to_run) < batch_size:
         liveness.expect(DATABASE_STEP_SECONDS)
         # A suspect (its worker died while it was in a pass) only starts a batch, alone.
         # The lane is not taken here: the loop serves it between requests (`lane`).
-        fresh = _claim_once(batch_size - len(to_run), runtime, suspects=not to_run, lane=False)
+        fresh = _claim_once(
+            batch_size - len(to_run), runtime, suspects=not to_run, lane=False, into_pass=into_pass
+        )
         to_run += fresh.to_run
         if any(c.solo for c in fresh.claimed):
             break
         if not fresh.claimed:
             wait = runtime.settings.batch_wait_ms / 1000
-            if waited or not to_run or wait <= 0:
+            if waited or not to_run or wait <= 0 or into_pass:
                 break
             # Jobs often arrive in bursts: a short wait lets a partial batch fill up.
             time.sleep(wait)

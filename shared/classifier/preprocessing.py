@@ -120,7 +120,12 @@ def resize(image: Image.Image, size: int) -> Image.Image:
 
 def scale_pixels(array: np.ndarray) -> np.ndarray:
     """Xception's `preprocess_input` ("tf" mode): 0..255 to -1..1, without importing TensorFlow."""
-    return array.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    # In place on one copy: each image is about a megabyte of float32, and every
+    # temporary is a fresh allocation the kernel maps and zeroes.
+    scaled = array.astype(np.float32)
+    scaled /= np.float32(127.5)
+    scaled -= np.float32(1.0)
+    return scaled
 
 
 def preprocess(data: bytes, name: str, size: int, max_pixels: int) -> np.ndarray:
