@@ -35,7 +35,7 @@ from shared.jobs.recovery import release
 from shared.jobs.scheduling import HELPER_WAKE_UP, LANE_WAKE_UP, lane_waiting
 from shared.settings import Settings
 from worker.fetch import fetch_input
-from worker.liveness import liveness, main_alive
+from worker.liveness import liveness, main_alive, stopping
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,10 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         # /predict call goes to the engine without this read ahead of it.
         _call_for_help(runtime, batch_size)
         for _ in range(MAX_BATCHES_PER_TASK):
-            if not main_alive():
-                return  # the Celery main process stopped: take no more work
+            if not main_alive() or stopping():
+                # The Celery main process stopped, or shuts down (SIGTERM): what this
+                # task holds finishes, and the rest waits in the queue, uncharged.
+                return
             if classifier.can_start:
                 # Claimed straight into the pass, in one unit of work: the group's decode
                 # starts as soon as it is yielded.
@@ -140,8 +142,8 @@ def process_job(job_id: str, runtime: Runtime) -> None:
     def lane() -> list[Claimed]:
         """/predict items waiting now: claimed and charged in one unit, to run at once."""
         nonlocal lane_groups, lane_busy, next_look
-        if lane_groups >= LANE_GROUPS_PER_TASK:
-            return []  # past the bound, the next task (the lane's own messages) goes on
+        if lane_groups >= LANE_GROUPS_PER_TASK or stopping():
+            return []  # past the bound (or shutting down), the lane's own messages go on
         # While calls keep coming, claim straight away; once a claim finds none, look
         # first (a cheap read) rather than take the scheduler's lock for nothing, and
         # look at most every LANE_LOOK_SECONDS: the loop asks whenever a group ends.

@@ -19,6 +19,9 @@ from multiprocessing.sharedctypes import Synchronized
 # CLOCK_MONOTONIC is one clock for every process of the host: the main process
 # writes its time here, the pool child (forked after) reads it.
 _main_seen: Synchronized[float] = multiprocessing.Value("d", 0.0)
+# Set by the Celery main process when a warm shutdown begins (SIGTERM: a deploy, a
+# scale-in); its pool child, forked after, reads it and claims no more work.
+_stopping: Synchronized[int] = multiprocessing.Value("b", 0)
 MAIN_BEAT_SECONDS = 1.0
 # The main process is stopped (or hung) once it has not beaten for this long.
 MAIN_STALE_SECONDS = 3.0
@@ -59,6 +62,16 @@ def main_alive() -> bool:
     """
     seen = _main_seen.value
     return seen == 0.0 or time.monotonic() - seen <= MAIN_STALE_SECONDS
+
+
+def stopping() -> bool:
+    """A warm shutdown has begun: finish what is held, claim nothing more."""
+    return bool(_stopping.value)
+
+
+def begin_stopping() -> None:
+    """In the Celery main process, as its warm shutdown begins."""
+    _stopping.value = 1
 
 
 def start_main_beat() -> None:

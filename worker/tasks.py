@@ -21,6 +21,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
+    worker_shutting_down,
 )
 
 from shared import heartbeats
@@ -34,7 +35,7 @@ from worker.batching import process_job, time_limits
 from worker.celery_app import celery_app, settings
 from worker.context import WorkerContext, context_of
 from worker.heartbeat import Heartbeat
-from worker.liveness import start_main_beat
+from worker.liveness import begin_stopping, start_main_beat
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,13 @@ def _say_goodbye(**_: Any) -> None:
     heartbeat = context_of(celery_app).heartbeat
     if heartbeat is not None:
         heartbeat.stop()
+
+
+@worker_shutting_down.connect
+def _stop_claiming(**_: Any) -> None:
+    # In the main process, at SIGTERM: it waits for the task in hand, whose pool child
+    # then finishes the groups it holds instead of claiming the rest of its turn.
+    begin_stopping()
 
 
 def _exit_when_stalled(context: WorkerContext) -> None:

@@ -12,6 +12,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,38 @@ def test_every_idle_worker_joins_in_on_one_big_job(cluster: Cluster, photos: lis
         .where(Item.job_id == job_id)
     )
     assert workers == WORKERS  # not only the one its message woke
+
+
+def test_a_worker_told_to_stop_finishes_what_it_holds_and_claims_no_more(
+    cluster: Cluster, photos: list[bytes]
+) -> None:
+    """SIGTERM (a deploy, a scale-in): the groups it holds finish, the rest of its turn
+    is left to the others, uncharged, and it exits cleanly."""
+    client = cluster.tenant("deployed")
+    leaving = cluster.service.start_worker()
+    pid = leaving.popen.pid
+    [child] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    name = f"{socket.gethostname()}:{child}"  # the pool child's leases and batches
+    ran_by_it = (
+        select(func.count())
+        .select_from(Item)
+        .join(Batch, Batch.id == Item.batch_id)
+        .where(Batch.worker == name)
+    )
+    job_id = send_zip(client, take(photos, 160))
+    wait_for(lambda: cluster.scalar(ran_by_it) >= BATCH, 300, "its first groups")
+    signalled = datetime.now(UTC)
+    leaving.popen.send_signal(signal.SIGTERM)
+    wait_for(lambda: leaving.popen.poll() is not None, 120, "the worker to exit")
+    job = wait_job(client, job_id)
+    assert (job["status"], job["succeeded"]) == ("succeeded", 160), job
+    assert leaving.popen.returncode == 0
+    # What it finished after the signal is what it held then: two groups on the engine,
+    # one decoding, and one it may have been claiming (groups of BATCH / 2). A task
+    # that ran out its turn would have gone on for up to 8 groups.
+    finished_after = cluster.scalar(ran_by_it.where(Item.finished_at > signalled))
+    assert finished_after <= 4 * (BATCH // 2), leaving.output()[-3000:]
+    charged_twice = cluster.scalar(
+        select(func.count()).where(Item.job_id == job_id, Item.attempts > 1)
+    )
+    assert charged_twice == 0  # nothing it held was taken back, nothing left was charged
