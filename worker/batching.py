@@ -35,7 +35,7 @@ from shared.jobs.recovery import release
 from shared.jobs.scheduling import HELPER_WAKE_UP, LANE_WAKE_UP, lane_waiting
 from shared.settings import Settings
 from worker.fetch import fetch_input
-from worker.liveness import liveness, main_alive, stopping
+from worker.liveness import liveness, taking_work
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,11 @@ def process_job(job_id: str, runtime: Runtime) -> None:
     """
     settings = runtime.settings
     classifier = runtime.classifier
+    pipelined = classifier.can_start  # rows go to the engine one per request
     # An engine that runs one image per request needs no big batch: smaller claims
     # keep fewer images claimed ahead, so a newcomer's image goes in sooner.
     batch_size = (
-        max(settings.inference_batch_size // 2, 1)
-        if classifier.can_start
-        else settings.inference_batch_size
+        max(settings.inference_batch_size // 2, 1) if pipelined else settings.inference_batch_size
     )
     held: set[str] = set()
 
@@ -107,23 +106,18 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         # /predict call goes to the engine without this read ahead of it.
         _call_for_help(runtime, batch_size)
         for _ in range(MAX_BATCHES_PER_TASK):
-            if not main_alive() or stopping():
-                # The Celery main process stopped, or shuts down (SIGTERM): what this
-                # task holds finishes, and the rest waits in the queue, uncharged.
+            if not taking_work():
+                return  # what this task holds finishes; the rest waits, uncharged
+            # A pipelined group is claimed straight into its pass, in one unit of work:
+            # its decode starts as soon as it is yielded.
+            claimed = _claim(batch_size, runtime, into_pass=pipelined)
+            held.update(c.id for c in claimed)
+            to_run = claimed if pipelined else _begin_pass(claimed, runtime)
+            held.difference_update(c.id for c in claimed if c not in to_run)
+            if not claimed:
                 return
-            if classifier.can_start:
-                # Claimed straight into the pass, in one unit of work: the group's decode
-                # starts as soon as it is yielded.
-                to_run = _claim(batch_size, runtime, into_pass=True)
-                held.update(c.id for c in to_run)
-            else:
-                claimed = _claim(batch_size, runtime)
-                held.update(c.id for c in claimed)
-                to_run = _begin_pass(claimed, runtime)
-                held.difference_update(c.id for c in claimed if c not in to_run)
-            if not to_run:
-                return
-            yield to_run
+            if to_run:  # a group cancelled since its claim is skipped
+                yield to_run
 
     def decode(item: Claimed) -> np.ndarray:
         if item.source_url is not None:
@@ -142,8 +136,8 @@ def process_job(job_id: str, runtime: Runtime) -> None:
     def lane() -> list[Claimed]:
         """/predict items waiting now: claimed and charged in one unit, to run at once."""
         nonlocal lane_groups, lane_busy, next_look
-        if lane_groups >= LANE_GROUPS_PER_TASK or stopping():
-            return []  # past the bound (or shutting down), the lane's own messages go on
+        if lane_groups >= LANE_GROUPS_PER_TASK or not taking_work():
+            return []  # past the bound (or stopping), the lane's own messages go on
         # While calls keep coming, claim straight away; once a claim finds none, look
         # first (a cheap read) rather than take the scheduler's lock for nothing, and
         # look at most every LANE_LOOK_SECONDS: the loop asks whenever a group ends.
@@ -191,7 +185,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
                 depth=PIPELINE_DEPTH,
                 lane_look_seconds=LANE_LOOK_SECONDS,
             )
-            if classifier.can_start
+            if pipelined
             else infer_groups(
                 claims(),
                 decode,

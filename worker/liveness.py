@@ -64,9 +64,10 @@ def main_alive() -> bool:
     return seen == 0.0 or time.monotonic() - seen <= MAIN_STALE_SECONDS
 
 
-def stopping() -> bool:
-    """A warm shutdown has begun: finish what is held, claim nothing more."""
-    return bool(_stopping.value)
+def taking_work() -> bool:
+    """Whether a pool child may claim more: its main process runs, and no warm shutdown
+    (SIGTERM) has begun. Either way, what it holds still finishes."""
+    return main_alive() and not _stopping.value
 
 
 def begin_stopping() -> None:
