@@ -52,6 +52,12 @@ LANE_GROUP = 8
 # How often a busy worker looks for waiting /predict calls: the most a call waits
 # before its claim, on top of the request it then waits for.
 LANE_LOOK_SECONDS = 0.05
+# A group on an engine that runs requests in flight holds about this much of its
+# work: what a newcomer's image can wait behind (the groups queued ahead of its own)
+# is bounded in seconds, not images, on a slow CPU as on a fast one. A fast engine
+# fills a group (INFERENCE_BATCH_SIZE/2); one three times slower claims a third as many.
+GROUP_SECONDS = 0.25
+SMALLEST_GROUP = 2
 # Groups queued on an engine that runs requests in flight: one runs while the
 # worker records the one before and decodes the one after.
 PIPELINE_DEPTH = 2
@@ -94,23 +100,21 @@ def process_job(job_id: str, runtime: Runtime) -> None:
     settings = runtime.settings
     classifier = runtime.classifier
     pipelined = classifier.can_start  # rows go to the engine one per request
-    # An engine that runs one image per request needs no big batch: smaller claims
-    # keep fewer images claimed ahead, so a newcomer's image goes in sooner.
-    batch_size = (
-        max(settings.inference_batch_size // 2, 1) if pipelined else settings.inference_batch_size
-    )
     held: set[str] = set()
+
+    def next_size() -> int:
+        return group_size(settings.inference_batch_size, pipelined, classifier.seconds_per_image())
 
     def claims() -> Iterator[list[Claimed]]:
         # Asked when the first batch is wanted, after the lane's first look: a waiting
         # /predict call goes to the engine without this read ahead of it.
-        _call_for_help(runtime, batch_size)
+        _call_for_help(runtime, next_size())
         for _ in range(MAX_BATCHES_PER_TASK):
             if not taking_work():
                 return  # what this task holds finishes; the rest waits, uncharged
             # A pipelined group is claimed straight into its pass, in one unit of work:
             # its decode starts as soon as it is yielded.
-            claimed = _claim(batch_size, runtime, into_pass=pipelined)
+            claimed = _claim(next_size(), runtime, into_pass=pipelined)
             held.update(c.id for c in claimed)
             to_run = claimed if pipelined else _begin_pass(claimed, runtime)
             held.difference_update(c.id for c in claimed if c not in to_run)
@@ -208,6 +212,23 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         if held:
             _release(held, runtime)
         liveness.idle()
+
+
+def group_size(batch_size: int, pipelined: bool, seconds_per_image: float | None) -> int:
+    """How many items the next claim takes.
+
+    An engine that runs one batch at a time gets a full batch. One that runs one
+    image per request (`pipelined`) gains nothing from a big group, and every
+    image claimed ahead is one a newcomer waits behind: at most half a batch, and
+    no more than the engine runs in GROUP_SECONDS at its recent pace.
+    """
+    if not pipelined:
+        return batch_size
+    most = max(batch_size // 2, 1)
+    per_image = seconds_per_image
+    if per_image is None or per_image <= 0:
+        return most
+    return max(min(round(GROUP_SECONDS / per_image), most), min(SMALLEST_GROUP, most))
 
 
 def _call_for_help(runtime: Runtime, group_size: int) -> None:

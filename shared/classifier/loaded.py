@@ -50,6 +50,12 @@ class Classifier:
             raise ModelError("this engine runs one batch at a time; call predict")
         return self.engine.start(batch, urgent)
 
+    def seconds_per_image(self) -> float | None:
+        """The engine's recent time per image while busy; None when not yet known."""
+        if not isinstance(self.engine, ThroughputRunner):
+            return None
+        return self.engine.seconds_per_row()
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for rows of logits."""
         return softmax(logits.astype(np.float64) / self.temperature).astype(np.float32)

@@ -18,6 +18,9 @@ import heapq
 import itertools
 import logging
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,41 @@ class Pending:
         return [o if o is not None else "not run" for o in self.outputs]
 
 
+class BusyPace:
+    """How long the engine takes a row while it has work: its pace, as it runs here.
+
+    A clock that runs only while a request is in flight is read at each finished
+    row; the mean gap over the last `window` rows is the engine's time per row at
+    the concurrency it had. Idle spells do not count, so a quiet hour does not
+    make a fast engine look slow; the pace differs threefold between CPUs.
+    """
+
+    def __init__(self, window: int = 32, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._window = window
+        self._busy = 0.0  # busy seconds before the current spell
+        self._since: float | None = None  # when the current busy spell began
+        self._marks: deque[float] = deque(maxlen=window)  # the busy clock at each finished row
+
+    def started(self, in_flight_before: int) -> None:
+        if in_flight_before == 0:
+            self._since = self._clock()
+
+    def finished(self, in_flight_after: int) -> None:
+        if self._since is None:  # a row started before the pace was watched
+            return
+        busy = self._busy + (self._clock() - self._since)
+        self._marks.append(busy)
+        if in_flight_after == 0:
+            self._busy, self._since = busy, None
+
+    def seconds_per_row(self) -> float | None:
+        """None until a window's worth of rows have finished (an engine not yet seen at work)."""
+        if len(self._marks) < self._window:
+            return None
+        return (self._marks[-1] - self._marks[0]) / (len(self._marks) - 1)
+
+
 class ThroughputRunner:
     """Runs rows on a compiled model's requests; callable as a batch -> output engine too."""
 
@@ -80,6 +118,7 @@ class ThroughputRunner:
         for request in self.requests:
             request.set_callback(self._finished, request)
         self._in_flight: dict[int, tuple[Pending, int]] = {}
+        self.pace = BusyPace()
         threading.Thread(target=self._dispatch, name="infer-dispatch", daemon=True).start()
         log.info(
             "throughput mode: %d requests in flight (device optimum %d)",
@@ -117,6 +156,7 @@ class ThroughputRunner:
                 alone = quiet and not self._waiting and self._alone is not None
                 if not alone:
                     request = self._idle.pop()
+                    self.pace.started(len(self._in_flight))
                     self._in_flight[id(request)] = (pending, row)
             if alone:
                 self._run_alone(pending, row, array)
@@ -151,8 +191,14 @@ class ThroughputRunner:
     def _release(self, request: Any) -> None:
         with self._cond:
             self._in_flight.pop(id(request), None)
+            self.pace.finished(len(self._in_flight))
             self._idle.append(request)
             self._cond.notify()
+
+    def seconds_per_row(self) -> float | None:
+        """The engine's recent time per row while busy (None before it has been seen at work)."""
+        with self._cond:
+            return self.pace.seconds_per_row()
 
 
 def compile_throughput(model: Any) -> ThroughputRunner:

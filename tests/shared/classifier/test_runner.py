@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from shared.classifier.engine import compile_openvino
 from shared.classifier.inference import infer_pipelined
-from shared.classifier.runner import Pending, ThroughputRunner, compile_throughput
+from shared.classifier.runner import BusyPace, Pending, ThroughputRunner, compile_throughput
 from shared.settings import DEFAULT_MODEL_PATH
 
 IR = DEFAULT_MODEL_PATH / "model.xml"
@@ -132,3 +133,47 @@ def test_a_lone_urgent_row_is_answered_before_the_next_group_is_claimed(
     assert claimed == []  # nothing took a core from the row running on all of them
     assert [batch.items for batch in batches] == [[1, 2, 3, 4]]
     assert claimed == ["group"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_engine_pace_counts_only_the_time_it_had_work() -> None:
+    clock = _Clock()
+    pace = BusyPace(window=4, clock=clock)
+    assert pace.seconds_per_row() is None  # not yet seen at work
+    for _ in range(2):  # two busy spells of two rows each, 0.1 s apart, an hour between
+        pace.started(0)
+        pace.started(1)
+        clock.now += 0.1
+        pace.finished(1)
+        clock.now += 0.1
+        pace.finished(0)
+        clock.now += 3600
+    assert pace.seconds_per_row() == pytest.approx(0.1)
+
+
+def test_the_engine_pace_follows_its_latest_rows() -> None:
+    clock = _Clock()
+    pace = BusyPace(window=4, clock=clock)
+    pace.started(0)
+    for gap in (0.5, 0.5, 0.5, 0.5, 0.05, 0.05, 0.05, 0.05):
+        clock.now += gap
+        pace.finished(1)
+    assert pace.seconds_per_row() == pytest.approx(0.05)
+
+
+def test_the_runner_knows_its_pace_once_it_has_run_a_window_of_rows(
+    runner: ThroughputRunner,
+) -> None:
+    began = time.monotonic()
+    assert runner.start(images(32, seed=5)).wait(120)
+    wall = time.monotonic() - began
+    pace = runner.seconds_per_row()
+    assert pace is not None
+    assert 0 < pace <= wall / 31  # busy time between the window's first and last row
