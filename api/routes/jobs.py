@@ -22,7 +22,7 @@ from shared import unit_of_work
 from shared.classifier.labels import CLASSES
 from shared.db.models import ItemStatus, Job, JobSource, JobStatus
 from shared.jobs import records as job_service
-from shared.jobs.documents import job_document
+from shared.jobs.documents import job_document, job_documents
 from shared.jobs.retry import retry_failed
 from shared.jobs.submission import submit_job
 from shared.unit_of_work import UnitOfWork, UnitOfWorkFactory
@@ -166,7 +166,7 @@ def list_jobs(
     which = job_service.JobFilter(caller.owner, status, source, created_after, created_before)
     page = job_service.list_jobs(session, which, limit=limit, cursor=cursor)
     return JobList(
-        items=[job_out(session, job) for job in page.rows],
+        items=[JobOut.model_validate(document) for document in job_documents(session, page.rows)],
         next_cursor=page.next_cursor,
         total=job_service.count_jobs(session, which),
     )

@@ -12,16 +12,39 @@ from shared.unit_of_work import UnitOfWork
 
 
 def class_summary(session: UnitOfWork, job_id: str) -> dict[str, int]:
+    return class_summaries(session, [job_id]).get(job_id, {})
+
+
+def class_summaries(session: UnitOfWork, job_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Each job's succeeded items by class, in one query however many jobs."""
+    if not job_ids:
+        return {}
     rows = session.execute(
-        select(Item.label, func.count())
-        .where(Item.job_id == job_id, Item.status == ItemStatus.SUCCEEDED)
-        .group_by(Item.label)
+        select(Item.job_id, Item.label, func.count())
+        .where(Item.job_id.in_(job_ids), Item.status == ItemStatus.SUCCEEDED)
+        .group_by(Item.job_id, Item.label)
     )
-    return {str(label): int(count) for label, count in rows if label is not None}
+    summaries: dict[str, dict[str, int]] = {}
+    for job_id, label, count in rows:
+        if label is not None:
+            summaries.setdefault(job_id, {})[str(label)] = int(count)
+    return summaries
 
 
-def job_document(session: UnitOfWork, job: Job) -> dict[str, Any]:
-    """What `GET /jobs/{id}` answers, as JSON-ready values."""
+def job_documents(session: UnitOfWork, jobs: list[Job]) -> list[dict[str, Any]]:
+    """A page of jobs as `GET /jobs` lists them: their summaries in one query, not one a job
+    (a client polling a page of 500 jobs would otherwise cost 500 queries a look)."""
+    summaries = class_summaries(session, [job.id for job in jobs if job.succeeded])
+    return [job_document(session, job, summaries.get(job.id, {})) for job in jobs]
+
+
+def job_document(
+    session: UnitOfWork, job: Job, summary: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """What `GET /jobs/{id}` answers, as JSON-ready values (`summary`: read here when not given)."""
+    if summary is None:
+        # Nothing is classified before the first success: spare the query (job creation).
+        summary = class_summary(session, job.id) if job.succeeded else {}
     done = job.succeeded + job.failed + job.skipped
     return {
         "id": job.id,
@@ -36,8 +59,7 @@ def job_document(session: UnitOfWork, job: Job) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
-        # Nothing is classified before the first success: spare the query (job creation).
-        "summary": class_summary(session, job.id) if job.succeeded else {},
+        "summary": summary,
         "model_version": job.model_version,
         "webhook_url": job.webhook_url,
         "webhook_events": list(job.webhook_events or []),
