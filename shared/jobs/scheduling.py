@@ -56,6 +56,7 @@ class Tenant:
     weight: float
     tally: float  # service so far, in items over weight, from the virtual time on
     room: int  # items it may still start (its cap less what it has running)
+    share: TenantShare | None = None  # its stored tally, None until its first claim
 
     @property
     def key(self) -> str:
@@ -204,21 +205,24 @@ def _tenants_with_work(
         .group_by(Job.owner_id, ApiKey.weight)
     ).all()
     keys = [owner or ANONYMOUS for owner, _ in rows]
-    stored = dict(
-        session.execute(
-            select(TenantShare.tenant, TenantShare.served).where(TenantShare.tenant.in_(keys))
-        ).all()
-    )
+    stored = {
+        share.tenant: share
+        for share in session.scalars(select(TenantShare).where(TenantShare.tenant.in_(keys)))
+    }
     unlimited = 1 << 30
-    return [
-        Tenant(
-            owner_id=owner,
-            weight=float(max(int(weight), 1)),
-            tally=max(stored.get(owner or ANONYMOUS, virtual_time), virtual_time),
-            room=(cap_per_tenant - in_flight.get(owner, 0)) if cap_per_tenant else unlimited,
+    tenants = []
+    for owner, weight in rows:
+        share = stored.get(owner or ANONYMOUS)
+        tenants.append(
+            Tenant(
+                owner_id=owner,
+                weight=float(max(int(weight), 1)),
+                tally=max(share.served if share else virtual_time, virtual_time),
+                room=(cap_per_tenant - in_flight.get(owner, 0)) if cap_per_tenant else unlimited,
+                share=share,
+            )
         )
-        for owner, weight in rows
-    ]
+    return tenants
 
 
 def _next_items_of(
@@ -280,10 +284,10 @@ def _running_per_tenant(session: UnitOfWork) -> dict[str | None, int]:
 
 
 def _save_tallies(session: UnitOfWork, tenants: list[Tenant]) -> None:
+    # Each tenant holds the row it was read from: no second read to write it back.
     for tenant in tenants:
-        share = session.get(TenantShare, tenant.key)
-        if share is None:
+        if tenant.share is None:
             session.add(TenantShare(tenant=tenant.key, served=tenant.tally))
         else:
-            share.served = tenant.tally
+            tenant.share.served = tenant.tally
     session.flush()
