@@ -225,10 +225,9 @@ def group_size(batch_size: int, pipelined: bool, seconds_per_image: float | None
     if not pipelined:
         return batch_size
     most = max(batch_size // 2, 1)
-    per_image = seconds_per_image
-    if per_image is None or per_image <= 0:
+    if seconds_per_image is None or seconds_per_image <= 0:
         return most
-    return max(min(round(GROUP_SECONDS / per_image), most), min(SMALLEST_GROUP, most))
+    return max(min(round(GROUP_SECONDS / seconds_per_image), most), min(SMALLEST_GROUP, most))
 
 
 def _call_for_help(runtime: Runtime, group_size: int) -> None:

@@ -90,7 +90,7 @@ class BusyPace:
             self._since = self._clock()
 
     def finished(self, in_flight_after: int) -> None:
-        if self._since is None:  # a row started before the pace was watched
+        if self._since is None:  # no start was seen (the runner pairs them): nothing to time
             return
         busy = self._busy + (self._clock() - self._since)
         self._marks.append(busy)
