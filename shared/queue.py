@@ -120,6 +120,14 @@ class JobQueue:
             raise
         return True
 
+    def asked(self, job_id: str) -> str | None:
+        """A token that changes whenever the job's message is asked for (an enqueue),
+        whether or not one was sent; None when that cannot be told (look instead)."""
+        try:
+            return self.marks.asked(job_id)
+        except Exception:  # Redis away: the caller reads the database for itself
+            return None
+
     def taken(self, job_id: str) -> None:
         """A task took the job's message: the next enqueue sends a new one."""
         self.marks.clear(job_id)

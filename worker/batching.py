@@ -56,8 +56,13 @@ LANE_GROUPS_PER_TASK = 64
 # half the bookkeeping of groups of 4; their rows still go to the engine one at a time.
 LANE_GROUP = 8
 # How often a busy worker looks for waiting /predict calls: the most a call waits
-# before its claim, on top of the request it then waits for.
+# before its claim, on top of the request it then waits for. A look asks the broker
+# whether the lane's message was asked for since the last look (each call asks for it,
+# `JobQueue.asked`); only then does the worker claim.
 LANE_LOOK_SECONDS = 0.05
+# The database is read this often even when no call was heard of: word of one can be
+# lost with the broker, and a call must not then wait for the reconciler.
+LANE_READ_SECONDS = 1.0
 # A group on an engine that runs requests in flight holds about this much of its
 # work: what a newcomer's image can wait behind (the groups queued ahead of its own)
 # is bounded in seconds, not images, on a slow CPU as on a fast one. A fast engine
@@ -142,26 +147,21 @@ def process_job(job_id: str, runtime: Runtime) -> None:
     lane_groups = 0
     # The lane's own message says a call is waiting: claim at once, with no look first.
     lane_busy = job_id == LANE_WAKE_UP
-    next_look = 0.0
+    lane_look = LaneLook(lambda: runtime.queue.asked(LANE_WAKE_UP), lambda: _lane_waiting(runtime))
 
     def lane() -> list[Claimed]:
         """/predict items waiting now: claimed and charged in one unit, to run at once."""
-        nonlocal lane_groups, lane_busy, next_look
+        nonlocal lane_groups, lane_busy
         if lane_groups >= LANE_GROUPS_PER_TASK or not taking_work():
             return []  # past the bound (or stopping), the lane's own messages go on
-        # While calls keep coming, claim straight away; once a claim finds none, look
-        # first (a cheap read) rather than take the scheduler's lock for nothing, and
-        # look at most every LANE_LOOK_SECONDS: the loop asks whenever a group ends.
-        if not lane_busy:
-            now = time.monotonic()
-            if now < next_look:
-                return []
-            next_look = now + LANE_LOOK_SECONDS
-            if not _lane_waiting(runtime):
-                return []
+        # The loop asks whenever a group ends. After a full group more calls may wait:
+        # claim straight away. Otherwise claim only once a call was heard of, rather
+        # than take the scheduler's lock for nothing.
+        if not lane_busy and not lane_look.called():
+            return []
         lane_groups += 1
         claim = _claim_once(LANE_GROUP, runtime, suspects=False, lane_only=True, into_pass=True)
-        lane_busy = bool(claim.claimed)
+        lane_busy = len(claim.claimed) >= LANE_GROUP
         held.update(c.id for c in claim.to_run)  # repeats of known images were settled
         return claim.to_run
 
@@ -219,6 +219,42 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         if held:
             _release(held, runtime)
         liveness.idle()
+
+
+class LaneLook:
+    """Whether a /predict call may be waiting, asked whenever a busy worker's group ends.
+
+    It looks at most every LANE_LOOK_SECONDS. Each call asks for the lane's message
+    (sent or not), so a changed ask token means a call came: claim. An unchanged one
+    means none came, and the database is read only every LANE_READ_SECONDS, in case
+    word was lost with the broker; where the broker cannot say (None), at every look.
+    """
+
+    def __init__(
+        self,
+        asked: Callable[[], str | None],
+        waiting: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._asked = asked
+        self._waiting = waiting
+        self._clock = clock
+        self._heard: str | None = None  # the token at the last look
+        self._next_look = self._next_read = clock()
+
+    def called(self) -> bool:
+        now = self._clock()
+        if now < self._next_look:
+            return False
+        self._next_look = now + LANE_LOOK_SECONDS
+        heard = self._asked()
+        changed, self._heard = heard != self._heard, heard
+        if heard is not None and changed:
+            return True
+        if heard is not None and now < self._next_read:
+            return False
+        self._next_read = now + LANE_READ_SECONDS
+        return self._waiting()
 
 
 class TaskBudget:

@@ -69,7 +69,9 @@ class WorkerContext:
 
     def runtime(self) -> Runtime:
         """What a classify task works with: this context, with its model loaded."""
-        return Runtime(self.settings, self.load_classifier(), self.storage, self.units, self.name)
+        return Runtime(
+            self.settings, self.load_classifier(), self.storage, self.units, self.name, self.queue
+        )
 
 
 def build(settings: Settings, queue: JobQueue, role: Role) -> WorkerContext:

@@ -12,12 +12,18 @@ from shared.db.models import new_id
 from shared.queue import QUEUE, WEBHOOK_QUEUE, JobQueue, make_celery, pending_marks
 from shared.queue_marks import RedisMarks
 from shared.settings import Settings
+from testkit.processes import free_port
 
 
 def _clear(url: str) -> None:
     """Other tests' workers share this Redis database: leave no message or mark behind."""
     client = redis.Redis.from_url(url)
-    client.delete(QUEUE, WEBHOOK_QUEUE, *client.keys(RedisMarks.PREFIX + "*"))
+    client.delete(
+        QUEUE,
+        WEBHOOK_QUEUE,
+        *client.keys(RedisMarks.PREFIX + "*"),
+        *client.keys(RedisMarks.ASKED + "*"),
+    )
 
 
 @pytest.fixture(params=["redis", "embedded"])
@@ -89,3 +95,49 @@ def test_a_webhook_event_has_at_most_one_delivery_message_waiting(
     queue.enqueue_webhook(events[0])
     queue.enqueue_webhook(events[0])
     assert _waiting(queue_settings, WEBHOOK_QUEUE) == len(events) + 1
+
+
+def test_a_busy_worker_hears_each_ask_for_a_message(redis_url: str, tmp_path: Path) -> None:
+    """Every /predict call asks for the lane's message, sent or not: a busy worker
+    compares tokens, and reads the database only when one changed."""
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path)
+    queue = JobQueue(
+        make_celery(settings), pending_marks(settings), pending_marks(settings, "event")
+    )
+    job_id = new_id()
+    seen = [queue.asked(job_id)]
+    assert queue.enqueue(job_id)
+    seen.append(queue.asked(job_id))
+    assert not queue.enqueue(job_id)  # a second call while the message waits: heard all the same
+    seen.append(queue.asked(job_id))
+    queue.taken(job_id)
+    assert queue.asked(job_id) == seen[-1]  # taking the message is not an ask
+    assert queue.enqueue(job_id)
+    seen.append(queue.asked(job_id))
+    assert None not in seen
+    assert len(set(seen)) == len(seen)  # never back to a token seen before
+    _clear(redis_url)
+
+
+def test_the_folder_broker_cannot_say_while_a_message_waits(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    queue = JobQueue(
+        make_celery(settings), pending_marks(settings), pending_marks(settings, "event")
+    )
+    job_id = new_id()
+    nothing = queue.asked(job_id)
+    assert nothing is not None  # no message waits: no call came since a task took it
+    queue.enqueue(job_id)
+    assert queue.asked(job_id) is None  # the worker reads the database instead
+    queue.taken(job_id)
+    assert queue.asked(job_id) == nothing
+
+
+def test_marks_that_cannot_be_read_cannot_say(tmp_path: Path) -> None:
+    """Redis away: the worker reads the database for itself rather than miss a call."""
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    settings = Settings(redis_url=unreachable, data_dir=tmp_path)
+    queue = JobQueue(
+        make_celery(settings), pending_marks(settings), pending_marks(settings, "event")
+    )
+    assert queue.asked(new_id()) is None

@@ -1,13 +1,16 @@
 """How much a worker claims at once (a full batch, or a group sized to its engine's pace),
-and for how long a task goes on claiming."""
+for how long a task goes on claiming, and when a busy worker looks for /predict calls."""
 
 from __future__ import annotations
 
 from worker.batching import (
     GROUP_SECONDS,
+    LANE_LOOK_SECONDS,
+    LANE_READ_SECONDS,
     MAX_GROUPS_PER_TASK,
     SMALLEST_GROUP,
     TASK_SECONDS,
+    LaneLook,
     TaskBudget,
     group_size,
 )
@@ -62,3 +65,63 @@ def test_a_task_claims_at_most_its_limit_of_groups_however_fast() -> None:
     assert sum(budget.another_group() for _ in range(2 * MAX_GROUPS_PER_TASK)) == (
         MAX_GROUPS_PER_TASK
     )
+
+
+class Lane:
+    """The lane as a busy worker sees it: the broker's ask token, and the database."""
+
+    def __init__(self) -> None:
+        self.token: str | None = "3"
+        self.calls_waiting = False
+        self.reads = 0
+
+    def asked(self) -> str | None:
+        return self.token
+
+    def waiting(self) -> bool:
+        self.reads += 1
+        return self.calls_waiting
+
+
+def test_a_call_heard_of_is_claimed_without_reading_the_database() -> None:
+    clock, lane = FakeClock(), Lane()
+    look = LaneLook(lane.asked, lane.waiting, clock)
+    assert look.called()  # the first look: whatever came before this task
+    clock.now += LANE_LOOK_SECONDS
+    lane.token = "4"  # a /predict call asked for the lane's message
+    assert look.called()
+    assert lane.reads == 0
+
+
+def test_with_no_call_heard_of_the_database_is_read_once_a_second() -> None:
+    clock, lane = FakeClock(), Lane()
+    look = LaneLook(lane.asked, lane.waiting, clock)
+    look.called()
+    looks = round(LANE_READ_SECONDS / LANE_LOOK_SECONDS) * 3
+    lane.calls_waiting = True  # its word was lost with the broker
+    answers = []
+    for _ in range(looks):
+        clock.now += LANE_LOOK_SECONDS
+        answers.append(look.called())
+    assert 2 <= lane.reads <= 4  # not twenty a second
+    assert any(answers)  # and the call is found all the same
+
+
+def test_looks_are_spaced_however_often_the_worker_asks() -> None:
+    clock, lane = FakeClock(), Lane()
+    look = LaneLook(lane.asked, lane.waiting, clock)
+    look.called()
+    lane.token = "5"
+    assert not look.called()  # no time has passed: the broker is not asked
+    clock.now += LANE_LOOK_SECONDS
+    assert look.called()
+
+
+def test_where_the_broker_cannot_say_every_look_reads_the_database() -> None:
+    clock, lane = FakeClock(), Lane()
+    lane.token = None  # the folder broker with the lane's message waiting, or Redis away
+    look = LaneLook(lane.asked, lane.waiting, clock)
+    for _ in range(5):
+        look.called()
+        clock.now += LANE_LOOK_SECONDS
+    assert lane.reads == 5
