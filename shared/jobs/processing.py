@@ -32,6 +32,7 @@ class Claimed:
     sha256: str | None = None
     solo: bool = False  # a suspect: it runs alone
     source_url: str | None = None  # fetched by the worker instead of read from storage
+    pinned: str | None = None  # its job's model version when it was leased (None: not yet)
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,14 @@ def _only_of_version(
     """
     if not claimed:
         return claimed
-    pinned = dict(
-        session.execute(
-            select(Job.id, Job.model_version).where(Job.id.in_({c.job_id for c in claimed}))
-        ).all()
-    )
+    # A job already pinned when its items were leased keeps that version: only jobs
+    # unpinned then (new ones, whose first claim this may be) are read again, after
+    # `start_jobs` waited for any other claimer's pin to commit.
+    pinned: dict[str, str | None] = {c.job_id: c.pinned for c in claimed if c.pinned}
+    unsure = {c.job_id for c in claimed if c.pinned is None}
+    if unsure:
+        read = select(Job.id, Job.model_version).where(Job.id.in_(unsure))
+        pinned.update((job_id, version) for job_id, version in session.execute(read))
     others = [c.id for c in claimed if pinned.get(c.job_id) not in (None, model_version)]
     if others:
         session.execute(
@@ -150,6 +154,7 @@ def lease_items(
                 Item.sha256,
                 Item.solo,
                 Item.source_url,
+                _JOB_VERSION,
             )
         ).all()
     )
@@ -157,10 +162,24 @@ def lease_items(
     rows.sort(key=lambda row: order[row.id])
     return [
         Claimed(
-            row.id, row.job_id, row.filename, row.storage_key, row.sha256, row.solo, row.source_url
+            row.id,
+            row.job_id,
+            row.filename,
+            row.storage_key,
+            row.sha256,
+            row.solo,
+            row.source_url,
+            row.pinned,
         )
         for row in rows
     ]
+
+
+# The leased item's job's version, in the lease's RETURNING (SQLite allows no joined
+# table there, a subquery it does).
+_JOB_VERSION = (
+    select(Job.model_version).where(Job.id == Item.job_id).scalar_subquery().label("pinned")
+)
 
 
 def begin_pass(session: UnitOfWork, ids: list[str], worker: str, lease_seconds: float) -> set[str]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from shared.access.keys import create_key
 from shared.db.models import (
@@ -186,3 +188,22 @@ def finished_job(session: UnitOfWork, storage: LocalStorage, finished_ago: timed
         )
     )
     return job_id
+
+
+Result = TypeVar("Result")
+
+
+def statements_while(session: UnitOfWork, action: Callable[[], Result]) -> tuple[Result, int]:
+    """What `action` returned, and how many statements it sent to the database."""
+    count = 0
+
+    def counted(*_: Any) -> None:
+        nonlocal count
+        count += 1
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", counted)
+    try:
+        return action(), count
+    finally:
+        event.remove(engine, "before_cursor_execute", counted)

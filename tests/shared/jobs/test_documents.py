@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from shared.db.models import Job
 from shared.jobs.documents import job_document, job_documents
 from shared.jobs.processing import record_results
-from tests.shared.database import add_job, claim, results_for, scope
+from tests.shared.database import add_job, claim, results_for, scope, statements_while
 
 
 def _finish(n_jobs: int) -> list[str]:
@@ -27,29 +28,12 @@ def _finish(n_jobs: int) -> list[str]:
     return job_ids
 
 
-def _statements_while(session: Any, action: Any) -> tuple[Any, int]:
-    count = 0
-
-    def counted(*_: Any) -> None:
-        nonlocal count
-        count += 1
-
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", counted)
-    try:
-        return action(), count
-    finally:
-        event.remove(engine, "before_cursor_execute", counted)
-
-
 def test_a_page_of_jobs_reads_their_summaries_in_one_query(database: str) -> None:
     few, many = _finish(2), _finish(12)
     with scope(write=False) as session:
         for ids in (few, many):
             jobs = list(session.scalars(select(Job).where(Job.id.in_(ids))))
-            documents, statements = _statements_while(
-                session, lambda page=jobs: job_documents(session, page)
-            )
+            documents, statements = statements_while(session, partial(job_documents, session, jobs))
             assert statements == 1  # 2 jobs or 12
             assert [d["summary"] for d in documents] == [{"forest": 1, "sea": 2}] * len(ids)
             # The same as each job's own document.
@@ -60,6 +44,6 @@ def test_a_page_with_nothing_classified_yet_reads_no_summaries(database: str) ->
     job_ids = [add_job(2) for _ in range(3)]
     with scope(write=False) as session:
         jobs = list(session.scalars(select(Job).where(Job.id.in_(job_ids))))
-        documents, statements = _statements_while(session, lambda: job_documents(session, jobs))
+        documents, statements = statements_while(session, lambda: job_documents(session, jobs))
     assert statements == 0
     assert [d["summary"] for d in documents] == [{}, {}, {}]

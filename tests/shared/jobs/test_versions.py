@@ -107,6 +107,26 @@ def test_items_of_a_job_another_version_pinned_meanwhile_go_back_untouched(
         assert (item.status, item.leased_by, item.attempts) == ("queued", None, 0)
 
 
+def test_a_job_pinned_before_its_items_were_leased_is_not_read_again(database: str) -> None:
+    """Jobs are pinned at admission while a worker lives: the lease says so, and the
+    claim reads versions only for jobs it found unpinned (their first claim)."""
+    pinned, unpinned = add_job(2), add_job(2)
+    pin(pinned, "v-a")
+    with scope() as session:
+        ids = session.scalars(select(Item.id).where(Item.job_id.in_([pinned, unpinned]))).all()
+        leased = lease_items(session, list(ids), "w-a", 60)
+        assert {c.job_id: c.pinned for c in leased} == {pinned: "v-a", unpinned: None}
+        of_pinned = [c for c in leased if c.job_id == pinned]
+        kept, statements = db.statements_while(
+            session, lambda: _only_of_version(session, of_pinned, "v-a")
+        )
+        assert (kept, statements) == (of_pinned, 0)
+        kept, statements = db.statements_while(
+            session, lambda: _only_of_version(session, leased, "v-a")
+        )
+        assert (len(kept), statements) == (4, 1)
+
+
 def test_an_unstarted_job_whose_version_lost_its_workers_is_freed(database: str) -> None:
     waiting, started = add_job(1), add_job(2)
     pin(waiting, "retired")
