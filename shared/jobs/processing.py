@@ -12,7 +12,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, case, func, select, update
-from sqlalchemy.orm import aliased
 
 from shared import metrics
 from shared.access.usage import CLASSIFIED, FAILED, REUSED, count_usage
@@ -27,6 +26,7 @@ from shared.unit_of_work import UnitOfWork
 class Claimed:
     id: str
     job_id: str
+    owner_id: str | None  # its job's key (None: anonymous), whose results it may reuse
     filename: str
     storage_key: str | None
     sha256: str | None = None
@@ -155,6 +155,7 @@ def lease_items(
                 Item.solo,
                 Item.source_url,
                 _JOB_VERSION,
+                _JOB_OWNER,
             )
         ).all()
     )
@@ -164,6 +165,7 @@ def lease_items(
         Claimed(
             row.id,
             row.job_id,
+            row.owner,
             row.filename,
             row.storage_key,
             row.sha256,
@@ -175,11 +177,12 @@ def lease_items(
     ]
 
 
-# The leased item's job's version, in the lease's RETURNING (SQLite allows no joined
-# table there, a subquery it does).
+# The leased item's job's version and owner, in the lease's RETURNING (SQLite allows
+# no joined table there, a subquery it does).
 _JOB_VERSION = (
     select(Job.model_version).where(Job.id == Item.job_id).scalar_subquery().label("pinned")
 )
+_JOB_OWNER = select(Job.owner_id).where(Job.id == Item.job_id).scalar_subquery().label("owner")
 
 
 def begin_pass(session: UnitOfWork, ids: list[str], worker: str, lease_seconds: float) -> set[str]:
@@ -267,34 +270,25 @@ def find_known_results(
     hashes = {c.sha256 for c in claimed if c.sha256}
     if not hashes:
         return []
-    # One query: each claimed job beside the earlier results of the same owner (anonymous
-    # with anonymous: IS NOT DISTINCT FROM), so the claimed jobs' owners need no read of their own.
-    claimed_job = aliased(Job)
+    # Driven by the hash index: the earlier results for these bytes, each with its owner,
+    # matched to the claimed items' owners (anonymous with anonymous) here. Joined to
+    # the claimed jobs' owners instead, Postgres walked every job of that owner.
     rows = session.execute(
-        select(
-            claimed_job.id.label("claimed_job_id"),
-            Item.sha256,
-            Item.id,
-            Item.label,
-            Item.confidence,
-            Item.scores,
-        )
+        select(Job.owner_id, Item.sha256, Item.id, Item.label, Item.confidence, Item.scores)
         .join(Job, Job.id == Item.job_id)
-        .join(claimed_job, claimed_job.owner_id.is_not_distinct_from(Job.owner_id))
         .where(
-            claimed_job.id.in_({c.job_id for c in claimed}),
             Item.sha256.in_(hashes),
             Item.status == ItemStatus.SUCCEEDED,
             Item.reused_from.is_(None),
             Item.model_version == model_version,
         )
     )
-    known: dict[tuple[str, str], Any] = {}
+    known: dict[tuple[str | None, str], Any] = {}
     for row in rows:
-        known.setdefault((row.claimed_job_id, row.sha256), row)
+        known.setdefault((row.owner_id, row.sha256), row)
     results = []
     for item in claimed:
-        match = known.get((item.job_id, item.sha256 or ""))
+        match = known.get((item.owner_id, item.sha256 or ""))
         if match is not None:
             results.append(
                 ItemResult(
