@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, MetricCounter
@@ -92,8 +93,10 @@ def write_increments(session: Session, pending: Increments) -> None:
         return
     # One statement, compiled once, run for every increment (a batch touches about 35
     # rows) in one sorted order. A VALUES list of this unit's length would be compiled
-    # anew on every commit: 3.5 ms of CPU on each batch's record, against 1.1.
-    session.execute(
+    # anew on every commit: 3.5 ms of CPU on each batch's record, against 1.1. On the
+    # session's connection, as Core: through the session the ORM's bulk-insert path
+    # prepared every row again (0.8 ms of CPU a record's 37 rows, against 0.65).
+    session.connection().execute(
         _upsert(session.get_bind().dialect.name),
         [
             {"name": name, "labels": labels, "value": by}
@@ -111,8 +114,9 @@ def _upsert(dialect: str) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(MetricCounter)
+    table = cast(Table, MetricCounter.__table__)
+    statement = insert(table)
     return statement.on_conflict_do_update(
         index_elements=["name", "labels"],
-        set_={"value": MetricCounter.value + statement.excluded.value},
+        set_={"value": table.c.value + statement.excluded.value},
     )
