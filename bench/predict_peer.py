@@ -1,6 +1,7 @@
 """`POST /predict` against the peer a user would pick instead: BentoML's adaptive batching.
 
     python -m bench.predict_peer --bentoml /path/to/venv/bin/bentoml [--images 600]
+    python -m bench.predict_peer --idle-only [--runs 3]   # ours alone, idle, no peer
 
 The peer (../shared/peers/bentoml_service.py) serves the same shipped INT8 IR with
 the project's preprocessing, behind BentoML's adaptive batching (max batch 16);
@@ -143,9 +144,15 @@ def _median_ratio(rounds: list[dict[str, Any]], measure: Callable[[Any], float])
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bentoml", type=Path, required=True, help="the peer venv's bentoml")
+    parser.add_argument("--bentoml", type=Path, help="the peer venv's bentoml")
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--idle-only",
+        action="store_true",
+        help="only our idle /predict on `serve`, --runs times (no peer, nothing written)",
+    )
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     paths = [image.path for image in list_labelled_images(TRAIN_DIR)]
     np.random.default_rng(11).shuffle(paths)
@@ -155,6 +162,13 @@ def main() -> None:
         start = next(chunks)
         return [path.read_bytes() for path in paths[start : start + n]]
 
+    if args.idle_only:
+        with running_serve(Path(tempfile.mkdtemp())) as embedded:
+            for _ in range(args.runs):
+                log(f"ours idle on serve: {idle(embedded.url, ours, fresh(IDLE_CALLS))}")
+        return
+    if args.bentoml is None:
+        parser.error("--bentoml is required (or --idle-only)")
     result: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds")}
     with running_serve(Path(tempfile.mkdtemp())) as embedded:
         result["ours_idle_embedded_ms"] = idle(embedded.url, ours, fresh(IDLE_CALLS))
