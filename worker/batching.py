@@ -58,7 +58,7 @@ LANE_GROUP = 8
 # How often a busy worker looks for waiting /predict calls: the most a call waits
 # before its claim, on top of the request it then waits for. A look asks the broker
 # whether the lane's message was asked for since the last look (each call asks for it,
-# `JobQueue.asked`); only then does the worker claim.
+# `JobQueue.asked`); only then does the worker read the database.
 LANE_LOOK_SECONDS = 0.05
 # The database is read this often even when no call was heard of: word of one can be
 # lost with the broker, and a call must not then wait for the reconciler.
@@ -155,7 +155,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         if lane_groups >= LANE_GROUPS_PER_TASK or not taking_work():
             return []  # past the bound (or stopping), the lane's own messages go on
         # The loop asks whenever a group ends. After a full group more calls may wait:
-        # claim straight away. Otherwise claim only once a call was heard of, rather
+        # claim straight away. Otherwise claim only once a call is seen waiting, rather
         # than take the scheduler's lock for nothing.
         if not lane_busy and not lane_look.called():
             return []
@@ -222,12 +222,14 @@ def process_job(job_id: str, runtime: Runtime) -> None:
 
 
 class LaneLook:
-    """Whether a /predict call may be waiting, asked whenever a busy worker's group ends.
+    """Whether a /predict call is waiting, asked whenever a busy worker's group ends.
 
     It looks at most every LANE_LOOK_SECONDS. Each call asks for the lane's message
-    (sent or not), so a changed ask token means a call came: claim. An unchanged one
-    means none came, and the database is read only every LANE_READ_SECONDS, in case
-    word was lost with the broker; where the broker cannot say (None), at every look.
+    (sent or not), so a changed ask token means a call came: the database is read
+    (a cheap read, no lock) to see whether one still waits, since every busy worker
+    hears the same word and only one will claim it. An unchanged token means none
+    came, and the database is read only every LANE_READ_SECONDS, in case word was
+    lost with the broker; where the broker cannot say (None), at every look.
     """
 
     def __init__(
@@ -249,9 +251,7 @@ class LaneLook:
         self._next_look = now + LANE_LOOK_SECONDS
         heard = self._asked()
         changed, self._heard = heard != self._heard, heard
-        if heard is not None and changed:
-            return True
-        if heard is not None and now < self._next_read:
+        if heard is not None and not changed and now < self._next_read:
             return False
         self._next_read = now + LANE_READ_SECONDS
         return self._waiting()

@@ -83,14 +83,27 @@ class Lane:
         return self.calls_waiting
 
 
-def test_a_call_heard_of_is_claimed_without_reading_the_database() -> None:
+def test_a_call_heard_of_is_looked_for_at_once() -> None:
     clock, lane = FakeClock(), Lane()
     look = LaneLook(lane.asked, lane.waiting, clock)
-    assert look.called()  # the first look: whatever came before this task
+    look.called()  # the first look: whatever came before this task
     clock.now += LANE_LOOK_SECONDS
-    lane.token = "4"  # a /predict call asked for the lane's message
+    assert not look.called()
+    reads = lane.reads
+    clock.now += LANE_LOOK_SECONDS
+    lane.token, lane.calls_waiting = "4", True  # a /predict call asked for the lane
     assert look.called()
-    assert lane.reads == 0
+    assert lane.reads == reads + 1
+
+
+def test_a_call_another_worker_took_is_not_claimed() -> None:
+    # Every busy worker hears the same ask; the one that reads it gone takes no lock.
+    clock, lane = FakeClock(), Lane()
+    look = LaneLook(lane.asked, lane.waiting, clock)
+    look.called()
+    clock.now += LANE_LOOK_SECONDS
+    lane.token = "4"
+    assert not look.called()
 
 
 def test_with_no_call_heard_of_the_database_is_read_once_a_second() -> None:
@@ -111,7 +124,7 @@ def test_looks_are_spaced_however_often_the_worker_asks() -> None:
     clock, lane = FakeClock(), Lane()
     look = LaneLook(lane.asked, lane.waiting, clock)
     look.called()
-    lane.token = "5"
+    lane.token, lane.calls_waiting = "5", True
     assert not look.called()  # no time has passed: the broker is not asked
     clock.now += LANE_LOOK_SECONDS
     assert look.called()
