@@ -3,6 +3,7 @@ for how long a task goes on claiming, and when a busy worker looks for /predict 
 
 from __future__ import annotations
 
+from testkit.clock import FakeClock
 from worker.batching import (
     GROUP_SECONDS,
     LANE_LOOK_SECONDS,
@@ -37,14 +38,6 @@ def test_a_slow_engine_claims_what_it_runs_in_group_seconds() -> None:
 def test_a_very_slow_engine_still_claims_a_few() -> None:
     assert group_size(16, pipelined=True, seconds_per_image=10.0) == SMALLEST_GROUP
     assert group_size(1, pipelined=True, seconds_per_image=10.0) == 1
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_task_claims_until_its_time_is_up_however_many_groups_that_is() -> None:

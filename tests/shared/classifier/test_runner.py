@@ -22,6 +22,7 @@ from shared.classifier.runner import (
 )
 from shared.settings import DEFAULT_MODEL_PATH
 from shared.training.dataset import list_labelled_images
+from testkit.clock import FakeClock
 from testkit.resources import TRAIN_DIR
 
 IR = DEFAULT_MODEL_PATH / "model.xml"
@@ -158,16 +159,8 @@ def test_a_lone_urgent_row_is_answered_before_the_next_group_is_claimed(
     assert claimed == ["group"]
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_engine_pace_counts_only_the_time_it_had_work() -> None:
-    clock = _Clock()
+    clock = FakeClock()
     pace = BusyPace(window=4, clock=clock)
     assert pace.seconds_per_row() is None  # not yet seen at work
     for _ in range(2):  # two busy spells of two rows each, 0.1 s apart, an hour between
@@ -182,7 +175,7 @@ def test_the_engine_pace_counts_only_the_time_it_had_work() -> None:
 
 
 def test_the_engine_pace_follows_its_latest_rows() -> None:
-    clock = _Clock()
+    clock = FakeClock()
     pace = BusyPace(window=4, clock=clock)
     pace.started(0)
     for gap in (0.5, 0.5, 0.5, 0.5, 0.05, 0.05, 0.05, 0.05):
