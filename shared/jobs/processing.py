@@ -17,7 +17,7 @@ from shared import metrics
 from shared.access.usage import CLASSIFIED, FAILED, REUSED, count_usage
 from shared.db.models import Batch, Item, ItemStatus, Job, JobStatus, new_id, utcnow
 from shared.jobs.events import announce_progress, announce_started
-from shared.jobs.progress import refresh_jobs
+from shared.jobs.progress import add_results
 from shared.jobs.scheduling import pick_items
 from shared.unit_of_work import UnitOfWork
 
@@ -130,6 +130,10 @@ def lease_items(
     """Mark the picked items running, leased to `worker`; in the order they were picked.
 
     With `into_pass`, they enter their pass too: charged an attempt (`begin_pass`).
+    The ids are queued items picked in this transaction under lock (FOR UPDATE on
+    Postgres, the write lock on SQLite), so nobody else can have moved them. They
+    are matched by id alone: with a status test as well, a planner without
+    statistics reads every queued item through the status index to find eight.
     """
     if not ids:
         return []
@@ -137,7 +141,7 @@ def lease_items(
     rows = list(
         session.execute(
             update(Item)
-            .where(Item.id.in_(ids), Item.status == ItemStatus.QUEUED)
+            .where(Item.id.in_(ids))
             .values(
                 status=ItemStatus.RUNNING,
                 started_at=now,
@@ -430,11 +434,15 @@ def count_finished_items(session: UnitOfWork, written: list[ItemResult]) -> None
 def settle_jobs(
     session: UnitOfWork, written: list[ItemResult], progress_interval_seconds: float
 ) -> None:
-    """Recount each touched job, send its progress event, observe its items' latency, and
-    count its key's usage (the jobs are loaded here anyway: no query of their own)."""
+    """Add the results to each touched job's counts, send its progress event, observe its
+    items' latency, and count its key's usage (the jobs are loaded here anyway: no query
+    of their own)."""
     per_job = Counter(r.job_id for r in written)
+    failed = Counter(r.job_id for r in written if r.error is not None)
     now = utcnow()
-    jobs = refresh_jobs(session, list(per_job))
+    jobs = add_results(
+        session, {job_id: (n - failed[job_id], failed[job_id]) for job_id, n in per_job.items()}
+    )
     for result in written:
         if result.job_id not in jobs:
             continue  # deleted meanwhile: nobody's usage

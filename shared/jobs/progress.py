@@ -1,8 +1,9 @@
-"""Job counts and final status, recomputed from the items: the one rule for both."""
+"""Job counts and final status: recounted from the items, or added to as results land; one
+rule for when a job ends."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, ScalarSelect, func, or_, select
 
 from shared import metrics, outbox
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
@@ -45,15 +46,7 @@ def refresh_jobs(session: UnitOfWork, job_ids: list[str]) -> dict[str, Job]:
     Every writer takes item rows before job rows (a batch, a claim, a take-back, a
     cancel), so callers lock or update the items they change before calling this.
     """
-    if not job_ids:
-        return {}
-    ids = sorted(set(job_ids))
-    jobs = {
-        job.id: job
-        for job in session.scalars(
-            select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
-        )
-    }
+    jobs = _lock_jobs(session, job_ids)
     counts: dict[str, dict[str, int]] = {job_id: {} for job_id in jobs}
     for job_id, status, number in session.execute(
         select(Item.job_id, Item.status, func.count())
@@ -61,23 +54,80 @@ def refresh_jobs(session: UnitOfWork, job_ids: list[str]) -> dict[str, Job]:
         .group_by(Item.job_id, Item.status)
     ):
         counts[job_id][status] = int(number)
-    for job_id in ids:
-        if job_id in jobs:
-            _settle(session, jobs[job_id], counts[job_id])
+    for job_id, job in jobs.items():
+        job.succeeded = counts[job_id].get(ItemStatus.SUCCEEDED, 0)
+        job.failed = counts[job_id].get(ItemStatus.FAILED, 0)
+        job.skipped = counts[job_id].get(ItemStatus.SKIPPED, 0)
+        unfinished = counts[job_id].get(ItemStatus.QUEUED, 0) + counts[job_id].get(
+            ItemStatus.RUNNING, 0
+        )
+        _settle(session, job, unfinished > 0)
     return jobs
 
 
-def _settle(session: UnitOfWork, job: Job, counts: dict[str, int]) -> None:
-    job.succeeded = counts.get(ItemStatus.SUCCEEDED, 0)
-    job.failed = counts.get(ItemStatus.FAILED, 0)
-    job.skipped = counts.get(ItemStatus.SKIPPED, 0)
-    unfinished = counts.get(ItemStatus.QUEUED, 0) + counts.get(ItemStatus.RUNNING, 0)
-    if unfinished == 0 and job.status in {JobStatus.QUEUED, JobStatus.RUNNING}:
-        job.status = final_status(job.succeeded, job.failed)
-        if job.status == JobStatus.FAILED:
-            job.error = failure_summary(session, job)
-        job.finished_at = utcnow()
-        job.started_at = job.started_at or job.finished_at
-        announce_final(session, job)
-        metrics.job_finished(session, job)
-        outbox.add_finished(session, job.id)
+def add_results(session: UnitOfWork, added: dict[str, tuple[int, int]]) -> dict[str, Job]:
+    """Lock the jobs' rows, add (succeeded, failed) results to their counts, settle them.
+
+    For results just written over running items (`write_item_results` writes each
+    item once): a batch of a big job costs one look for an unfinished item, not a
+    recount of the job's every item. It mixes with recounts (`refresh_jobs`) under
+    the same row lock: a recount sees only committed results, and results added
+    after it arrive through this. Whether anything is left to run is read after
+    the lock, in a statement of its own: under READ COMMITTED its snapshot then
+    holds the results of whoever held the lock before.
+    """
+    jobs = _lock_jobs(session, list(added))
+    unfinished = set(
+        session.scalars(select(Job.id).where(Job.id.in_(list(jobs)), _has_unfinished_items()))
+    )
+    for job_id, job in jobs.items():
+        succeeded, failed = added[job_id]
+        job.succeeded += succeeded
+        job.failed += failed
+        _settle(session, job, job_id in unfinished)
+    return jobs
+
+
+def _lock_jobs(session: UnitOfWork, job_ids: list[str]) -> dict[str, Job]:
+    """The jobs that still exist, their rows locked in id order (no deadlocks), read afresh."""
+    if not job_ids:
+        return {}
+    locked = (
+        select(Job)
+        .where(Job.id.in_(sorted(set(job_ids))))
+        .order_by(Job.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {job.id: job for job in session.scalars(locked)}
+
+
+def _has_unfinished_items() -> ColumnElement[bool]:
+    """Whether the job has an item queued or running: a probe through its index for each
+    status (with both in one test, a planner may read every item of the job instead)."""
+    return or_(*(_has_item(status).is_not(None) for status in _UNFINISHED_ITEMS))
+
+
+_UNFINISHED_ITEMS = (ItemStatus.QUEUED, ItemStatus.RUNNING)
+
+
+def _has_item(status: ItemStatus) -> ScalarSelect[str]:
+    return (
+        select(Item.id)
+        .where(Item.job_id == Job.id, Item.status == status)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _settle(session: UnitOfWork, job: Job, unfinished: bool) -> None:
+    if unfinished or job.status not in {JobStatus.QUEUED, JobStatus.RUNNING}:
+        return
+    job.status = final_status(job.succeeded, job.failed)
+    if job.status == JobStatus.FAILED:
+        job.error = failure_summary(session, job)
+    job.finished_at = utcnow()
+    job.started_at = job.started_at or job.finished_at
+    announce_final(session, job)
+    metrics.job_finished(session, job)
+    outbox.add_finished(session, job.id)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, func, or_, select, true
 
 from shared.db.models import (
     ApiKey,
@@ -105,13 +105,12 @@ def lane_waiting(session: UnitOfWork, version: str | None = None) -> bool:
     """Whether a /predict item `version` may run is queued: a cheap look, without the
     clock's lock."""
     waiting = session.scalar(
-        select(Item.id)
-        .join(Job, Job.id == Item.job_id)
+        select(Job.id)
         .where(
             Job.source == JobSource.PREDICT,
             Job.status.in_(_UNFINISHED),
-            Item.status == ItemStatus.QUEUED,
             _servable(version),
+            _has_queued_items(),
         )
         .limit(1)
     )
@@ -181,10 +180,22 @@ def allocate(tenants: Sequence[Tenant], slots: int) -> dict[str, int]:
     return quotas
 
 
-def _has_queued_items(*criteria: ColumnElement[bool]) -> ColumnElement[bool]:
-    return exists().where(
-        Item.job_id == Job.id, Item.status == ItemStatus.QUEUED, Item.solo.is_(False), *criteria
+def _has_queued_items() -> ColumnElement[bool]:
+    """Whether the job has a queued item (not a suspect): one probe of its own items.
+
+    A correlated subquery with LIMIT 1 runs once per job, through the job's index
+    (`ix_items_job_id_status_position`). An EXISTS may be planned as a join over
+    every queued item instead, which Postgres does while the table has no
+    statistics yet (a fresh table, a big upload, autovacuum off): then each claim
+    costs in proportion to the whole queue.
+    """
+    first = (
+        select(Item.id)
+        .where(Item.job_id == Job.id, Item.status == ItemStatus.QUEUED, Item.solo.is_(False))
+        .limit(1)
+        .scalar_subquery()
     )
+    return first.is_not(None)
 
 
 _UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -261,11 +272,20 @@ def _next_items_of(
 
 
 def _pick_suspect(session: UnitOfWork, servable: ColumnElement[bool]) -> str | None:
-    """The oldest queued item that runs alone (its worker died while it was in a pass)."""
+    """The oldest queued item that runs alone (its worker died while it was in a pass).
+
+    Read through the suspects' own index (`ix_items_suspects`): the job's version is
+    tested per suspect, not joined, since a join lets a planner without statistics
+    walk every queued item of every servable job instead.
+    """
+    its_job_servable = select(Job.id).where(Job.id == Item.job_id, servable).limit(1)
     return session.scalars(
         select(Item.id)
-        .join(Job, Job.id == Item.job_id)
-        .where(Item.status == ItemStatus.QUEUED, Item.solo.is_(True), servable)
+        .where(
+            Item.status == ItemStatus.QUEUED,
+            Item.solo.is_(True),
+            its_job_servable.scalar_subquery().is_not(None),
+        )
         .order_by(Item.created_at, Item.position)
         .limit(1)
         .with_for_update(skip_locked=True)

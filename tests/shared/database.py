@@ -92,10 +92,16 @@ def add_job(
     webhook_events: list[str] | None = None,
     owner_id: str | None = None,
     source: JobSource = JobSource.JOBS,
+    same_bytes: bool = True,
 ) -> str:
+    """A job of `n` images (of the same bytes unless `same_bytes` is False) and `failed`
+    files refused at intake."""
     job_id = new_id()
     staged = [
-        StagedItem(new_id(), i, f"img{i}.jpg", 10, "0" * 64, f"k/{i}", None) for i in range(n)
+        StagedItem(
+            new_id(), i, f"img{i}.jpg", 10, "0" * 64 if same_bytes else new_id(), f"k/{i}", None
+        )
+        for i in range(n)
     ] + [
         StagedItem(new_id(), n + i, f"bad{i}.txt", 3, "1" * 64, None, "not an image")
         for i in range(failed)
@@ -207,3 +213,40 @@ def statements_while(session: UnitOfWork, action: Callable[[], Result]) -> tuple
         return action(), count
     finally:
         event.remove(engine, "before_cursor_execute", counted)
+
+
+Plan = dict[str, Any]
+
+
+def rows_read_while(session: UnitOfWork, action: Callable[[], Result]) -> tuple[Result, int]:
+    """What `action` returned, and the most rows any step of any of its statements read
+    (Postgres): each statement is first run under EXPLAIN ANALYZE in a savepoint that is
+    rolled back, so the statement itself then runs on the same rows."""
+    most = 0
+
+    def explained(
+        _: Any, cursor: Any, statement: str, parameters: Any, __: Any, many: bool
+    ) -> None:
+        nonlocal most
+        if many or not statement.lstrip().startswith(("SELECT", "UPDATE", "DELETE")):
+            return
+        cursor.execute("SAVEPOINT explained")
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+        plan = cursor.fetchone()[0][0]["Plan"]
+        cursor.execute("ROLLBACK TO SAVEPOINT explained")
+        most = max(most, _most_rows(plan))
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", explained)
+    try:
+        return action(), most
+    finally:
+        event.remove(engine, "before_cursor_execute", explained)
+
+
+def _most_rows(plan: Plan) -> int:
+    """The most rows one step of `plan` read: what it returned and what it filtered out."""
+    read = int(plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)) + sum(
+        int(plan.get(key, 0)) for key in ("Rows Removed by Filter", "Rows Removed by Index Recheck")
+    )
+    return max([read, *(_most_rows(child) for child in plan.get("Plans", []))])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from sqlalchemy import select
 
@@ -11,19 +13,24 @@ from shared.db.models import (
     JobStatus,
 )
 from shared.jobs.processing import (
+    Claimed,
     begin_pass,
     claim_items,
     record_results,
     reuse_known_results,
 )
 from shared.jobs.recovery import requeue_stale
+from shared.jobs.scheduling import lane_waiting
+from shared.unit_of_work import UnitOfWork
 from tests.shared.database import (
     SENT,
     add_job,
     claim,
     job_row,
+    keys_with,
     lapse,
     results_for,
+    rows_read_while,
     scope,
 )
 
@@ -134,3 +141,31 @@ def test_a_stalled_worker_writes_nothing_for_items_taken_back(database: str) -> 
         }
     with scope(write=False) as session:
         assert session.scalars(select(Item.label).where(Item.job_id == job_id)).one() == "sea"
+
+
+def test_a_claim_and_a_record_read_rows_for_their_batch_not_for_the_queue(
+    postgres_database: str,
+) -> None:
+    # A fresh table has no statistics (nor has any table where autovacuum is off):
+    # each statement must still find its rows through an index, not by reading every
+    # queued item or recounting a big job at each batch.
+    first, second = keys_with(1, 1)
+    jobs = [add_job(1500, owner_id=owner, same_bytes=False) for owner in (first, second)]
+    for _ in range(3):
+        with scope() as session:
+            claimed, claim_read = rows_read_while(session, partial(_claim_to_run, session))
+        with scope() as session:
+            _, record_read = rows_read_while(
+                session,
+                partial(record_results, session, results_for(claimed), worker="w", inference_ms=5),
+            )
+        assert len(claimed) == 8
+        assert claim_read <= 50
+        assert record_read <= 50
+    # Counted as they landed, the jobs' counts are what their items say.
+    assert sum(job_row(job_id).succeeded for job_id in jobs) == 24
+
+
+def _claim_to_run(session: UnitOfWork) -> list[Claimed]:
+    assert not lane_waiting(session, "v1")  # what a busy worker asks between groups
+    return reuse_known_results(session, claim(session, 8), "v1", worker="w")[1]
