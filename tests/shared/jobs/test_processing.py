@@ -5,11 +5,12 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from shared.access.keys import create_key
 from shared.db.models import (
     Item,
+    ItemStatus,
     JobStatus,
 )
 from shared.jobs.processing import (
@@ -150,6 +151,13 @@ def test_a_claim_and_a_record_read_rows_for_their_batch_not_for_the_queue(
     # each statement must still find its rows through an index, not by reading every
     # queued item or recounting a big job at each batch.
     first, second = keys_with(1, 1)
+    done = add_job(1500, owner_id=first, same_bytes=False)  # results a claim looks through
+    with scope() as session:
+        session.execute(
+            update(Item)
+            .where(Item.job_id == done)
+            .values(status=ItemStatus.SUCCEEDED, model_version="v1")
+        )
     jobs = [add_job(1500, owner_id=owner, same_bytes=False) for owner in (first, second)]
     for _ in range(3):
         with scope() as session:
