@@ -11,16 +11,14 @@ one costs time, never a result.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
 
 import redis
 
+from shared import datagrams
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,8 +28,7 @@ Listener = Callable[[str], None]
 
 
 def socket_address(settings: Settings) -> str:
-    folder = hashlib.sha256(str(settings.broker_folder.resolve()).encode()).hexdigest()[:24]
-    return f"\0intel-classifier-finished-{folder}"
+    return datagrams.address("finished", str(settings.broker_folder.resolve()))
 
 
 class FinishedAnnouncer:
@@ -41,7 +38,6 @@ class FinishedAnnouncer:
         self.redis_url = settings.redis_url
         self.address = socket_address(settings)
         self._client: redis.Redis | None = None
-        self._datagrams: socket.socket | None = None
 
     def announce(self, job_ids: list[str]) -> None:
         if self.redis_url:
@@ -52,13 +48,9 @@ class FinishedAnnouncer:
                 pipe.publish(CHANNEL, job_id)
             pipe.execute()
             return
-        if self._datagrams is None:
-            self._datagrams = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._datagrams.setblocking(False)
         for job_id in job_ids:
             # Nobody listening (no API yet), or its buffer full: the waiter polls.
-            with contextlib.suppress(OSError):
-                self._datagrams.sendto(job_id.encode(), self.address)
+            datagrams.send(self.address, job_id.encode())
 
 
 def listen(settings: Settings, heard: Listener) -> None:
@@ -84,10 +76,8 @@ def _listen_redis(settings: Settings, heard: Listener) -> None:
 
 
 def _listen_socket(settings: Settings, heard: Listener) -> None:
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        receiver.bind(socket_address(settings))
-    except OSError:  # another API process on this folder listens: this one polls
+    receiver = datagrams.bound(socket_address(settings))
+    if receiver is None:  # another API process on this folder listens: this one polls
         log.warning("another API process hears finished jobs here; this one polls")
         return
     while True:

@@ -20,18 +20,20 @@ the same queue on this folder holds it, or no abstract sockets) polls as before.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import select
 import socket
 import threading
 import uuid
+from functools import cache
 from queue import Empty
 from time import monotonic
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES, filesystem
+
+from shared import datagrams
 
 ALIAS = "intelfs"
 MAX_DRAIN_SECONDS = 0.25
@@ -39,9 +41,9 @@ MAX_DRAIN_SECONDS = 0.25
 BELL_POLL_SECONDS = 0.1
 
 
+@cache
 def bell_address(folder: str, queue: str) -> str:
-    digest = hashlib.sha256(f"{os.path.realpath(folder)}\0{queue}".encode()).hexdigest()[:24]
-    return f"\0intel-classifier-broker-{digest}"
+    return datagrams.address("broker", os.path.realpath(folder), queue)
 
 
 class Bells:
@@ -54,7 +56,11 @@ class Bells:
     def hold(self, address: str) -> bool:
         with self._lock:
             if address not in self._held:
-                self._held[address] = _bound(address)
+                # None where another consumer of this queue holds it: this one polls.
+                bell = datagrams.bound(address)
+                if bell is not None:
+                    bell.setblocking(False)
+                self._held[address] = bell
             return self._held[address] is not None
 
     def wait(self, addresses: list[str], seconds: float) -> None:
@@ -69,30 +75,13 @@ class Bells:
                     rung.recv(16)
 
 
-def _bound(address: str) -> socket.socket | None:
-    bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        bell.bind(address)
-    except OSError:  # another consumer of this queue holds it: this one polls
-        bell.close()
-        return None
-    bell.setblocking(False)
-    return bell
-
-
 BELLS = Bells()
-_ringer = threading.local()
 
 
 def ring(address: str) -> None:
-    sender = getattr(_ringer, "socket", None)
-    if sender is None:
-        sender = _ringer.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sender.setblocking(False)
     # Nobody holds it (no consumer yet, or one that polls), or its buffer is full of
     # rings not yet heard: the folder is read anyway.
-    with contextlib.suppress(OSError):
-        sender.sendto(b"1", address)
+    datagrams.send(address, b"1")
 
 
 class AtomicChannel(filesystem.Channel):
