@@ -3,11 +3,12 @@ rule for when a job ends."""
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, ScalarSelect, func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 
 from shared import metrics, outbox
 from shared.db.models import Item, ItemStatus, Job, JobStatus, utcnow
 from shared.jobs.events import announce_final
+from shared.jobs.probes import job_has_item
 from shared.unit_of_work import UnitOfWork
 
 
@@ -103,21 +104,12 @@ def _lock_jobs(session: UnitOfWork, job_ids: list[str]) -> dict[str, Job]:
 
 
 def _has_unfinished_items() -> ColumnElement[bool]:
-    """Whether the job has an item queued or running: a probe through its index for each
-    status (with both in one test, a planner may read every item of the job instead)."""
-    return or_(*(_has_item(status).is_not(None) for status in _UNFINISHED_ITEMS))
+    """Whether the job has an item queued or running: a probe for each status (with both
+    in one test, a planner may read every item of the job instead)."""
+    return or_(*(job_has_item(Item.status == status) for status in _UNFINISHED_ITEMS))
 
 
 _UNFINISHED_ITEMS = (ItemStatus.QUEUED, ItemStatus.RUNNING)
-
-
-def _has_item(status: ItemStatus) -> ScalarSelect[str]:
-    return (
-        select(Item.id)
-        .where(Item.job_id == Job.id, Item.status == status)
-        .limit(1)
-        .scalar_subquery()
-    )
 
 
 def _settle(session: UnitOfWork, job: Job, unfinished: bool) -> None:

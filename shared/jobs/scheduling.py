@@ -39,6 +39,7 @@ from shared.db.models import (
     SchedulerClock,
     TenantShare,
 )
+from shared.jobs.probes import job_has_item
 from shared.unit_of_work import UnitOfWork
 
 ANONYMOUS = "anonymous"  # the tenant of callers without a key; no key id looks like it
@@ -181,21 +182,8 @@ def allocate(tenants: Sequence[Tenant], slots: int) -> dict[str, int]:
 
 
 def _has_queued_items() -> ColumnElement[bool]:
-    """Whether the job has a queued item (not a suspect): one probe of its own items.
-
-    A correlated subquery with LIMIT 1 runs once per job, through the job's index
-    (`ix_items_job_id_status_position`). An EXISTS may be planned as a join over
-    every queued item instead, which Postgres does while the table has no
-    statistics yet (a fresh table, a big upload, autovacuum off): then each claim
-    costs in proportion to the whole queue.
-    """
-    first = (
-        select(Item.id)
-        .where(Item.job_id == Job.id, Item.status == ItemStatus.QUEUED, Item.solo.is_(False))
-        .limit(1)
-        .scalar_subquery()
-    )
-    return first.is_not(None)
+    """Whether the job has a queued item that is not a suspect."""
+    return job_has_item(Item.status == ItemStatus.QUEUED, Item.solo.is_(False))
 
 
 _UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
