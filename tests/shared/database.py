@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -207,12 +207,8 @@ def statements_while(session: UnitOfWork, action: Callable[[], Result]) -> tuple
         nonlocal count
         count += 1
 
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", counted)
-    try:
+    with _before_each_statement(session, counted):
         return action(), count
-    finally:
-        event.remove(engine, "before_cursor_execute", counted)
 
 
 Plan = dict[str, Any]
@@ -236,12 +232,19 @@ def rows_read_while(session: UnitOfWork, action: Callable[[], Result]) -> tuple[
         cursor.execute("ROLLBACK TO SAVEPOINT explained")
         most = max(most, _most_rows(plan))
 
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", explained)
-    try:
+    with _before_each_statement(session, explained):
         return action(), most
+
+
+@contextmanager
+def _before_each_statement(session: UnitOfWork, listener: Callable[..., None]) -> Iterator[None]:
+    """`listener` hears each statement the session's engine sends, while inside."""
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        yield
     finally:
-        event.remove(engine, "before_cursor_execute", explained)
+        event.remove(engine, "before_cursor_execute", listener)
 
 
 def _most_rows(plan: Plan) -> int:
