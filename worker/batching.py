@@ -18,7 +18,7 @@ from shared.classifier.inference import (
 )
 from shared.classifier.loaded import Classifier
 from shared.classifier.preprocessing import preprocess
-from shared.classifier.runner import Pending
+from shared.classifier.runner import Pending, Rows
 from shared.errors import UploadMissing
 from shared.jobs.processing import (
     Claimed,
@@ -175,7 +175,7 @@ def process_job(job_id: str, runtime: Runtime) -> None:
         liveness.expect(pass_deadline(settings))
         return classifier.predict(arrays)
 
-    def start(arrays: np.ndarray, urgent: bool) -> Pending:
+    def start(arrays: Rows, urgent: bool) -> Pending:
         # Two groups may be queued on the engine: both must be done within their passes.
         liveness.expect(PIPELINE_DEPTH * pass_deadline(settings))
         return classifier.start(arrays, urgent)

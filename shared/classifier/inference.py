@@ -21,7 +21,7 @@ import numpy as np
 
 from shared.classifier.loaded import Classifier
 from shared.classifier.preprocessing import preprocess
-from shared.classifier.runner import Pending
+from shared.classifier.runner import Pending, Rows
 from shared.errors import describe
 
 T = TypeVar("T")
@@ -262,7 +262,7 @@ class _Running(Generic[T]):
 def infer_pipelined(
     groups: Iterable[list[T]],
     decode: Callable[[T], np.ndarray],
-    start: Callable[[np.ndarray, bool], Pending],
+    start: Callable[[Rows, bool], Pending],
     to_output: Callable[[np.ndarray], np.ndarray],
     *,
     workers: int,
@@ -301,8 +301,7 @@ def infer_pipelined(
                 for d, still in zip(batch, keep, strict=True)
             ]
         arrays = [d.array for d in batch if d.array is not None]
-        stacked = np.stack(arrays) if arrays else np.zeros((0,))
-        in_flight.append(_Running(batch, start(stacked, is_urgent), time.perf_counter(), is_urgent))
+        in_flight.append(_Running(batch, start(arrays, is_urgent), time.perf_counter(), is_urgent))
 
     def take_lane() -> bool:
         if urgent is None or sum(r.urgent for r in in_flight) >= 2 * depth:

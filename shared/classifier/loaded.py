@@ -10,7 +10,7 @@ import numpy as np
 
 from shared.classifier import artifact
 from shared.classifier.engine import Engine
-from shared.classifier.runner import Pending, ThroughputRunner
+from shared.classifier.runner import Pending, Rows, ThroughputRunner
 from shared.errors import ModelError
 
 Precision = Literal["auto", "fp32", "int8"]
@@ -44,11 +44,11 @@ class Classifier:
         """Whether batches can be started without waiting (`start`)."""
         return isinstance(self.engine, ThroughputRunner)
 
-    def start(self, batch: np.ndarray, urgent: bool = False) -> Pending:
-        """Queue `batch` on the engine; its rows' logits, as they finish (`probabilities`)."""
+    def start(self, images: Rows, urgent: bool = False) -> Pending:
+        """Queue preprocessed images; their logits come as they finish (`probabilities`)."""
         if not isinstance(self.engine, ThroughputRunner):
             raise ModelError("this engine runs one batch at a time; call predict")
-        return self.engine.start(batch, urgent)
+        return self.engine.start(images, urgent)
 
     def seconds_per_image(self) -> float | None:
         """The engine's recent time per image while busy; None when not yet known."""

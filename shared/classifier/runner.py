@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from shared.errors import describe
 log = logging.getLogger(__name__)
 
 URGENT, NORMAL = 0, 1
+# Images to run, one a request: a list of preprocessed images, or a batch array's rows.
+Rows = Sequence[np.ndarray] | np.ndarray
 
 
 @dataclass
@@ -126,15 +128,19 @@ class ThroughputRunner:
             optimal,
         )
 
-    def start(self, batch: np.ndarray, urgent: bool = False) -> Pending:
-        """Queue each row of `batch`; returns at once."""
-        pending = Pending(len(batch))
+    def start(self, rows: Rows, urgent: bool = False) -> Pending:
+        """Queue each row (one image, or a batch array's rows); returns at once.
+
+        Rows go to their requests as they are: stacking a group into one batch
+        array first would copy a megabyte an image for nothing.
+        """
+        pending = Pending(len(rows))
         priority = URGENT if urgent else NORMAL
         with self._cond:
-            for row in range(len(batch)):
-                row_array = np.ascontiguousarray(batch[row : row + 1], dtype=np.float32)
+            for index, row in enumerate(rows):
+                request_input = np.ascontiguousarray(row[None], dtype=np.float32)
                 heapq.heappush(
-                    self._waiting, (priority, next(self._order), pending, row, row_array)
+                    self._waiting, (priority, next(self._order), pending, index, request_input)
                 )
             self._cond.notify()
         return pending

@@ -16,6 +16,7 @@ from shared.classifier.preprocessing import preprocess
 from shared.classifier.runner import (
     BusyPace,
     Pending,
+    Rows,
     ThroughputRunner,
     compile_throughput,
     one_row,
@@ -54,6 +55,9 @@ def test_rows_in_flight_give_what_rows_one_by_one_give(
     pending = runner.start(batch)
     assert pending.wait(120)
     assert all(ms > 0 for ms in pending.latency_ms)  # each row's own time in the engine
+    # Separate images (the worker's decoded group, never stacked) run as the rows did.
+    separate = runner.start([np.array(row) for row in batch]).results()
+    assert np.array_equal(np.stack([np.asarray(o) for o in separate]), runner(batch))
 
 
 def test_an_urgent_row_overtakes_the_rows_queued_before_it(runner: ThroughputRunner) -> None:
@@ -114,7 +118,7 @@ def test_items_no_longer_wanted_never_reach_the_engine(runner: ThroughputRunner)
     data = images(6, seed=4)
     started: list[int] = []
 
-    def start(batch: np.ndarray, urgent: bool) -> Pending:
+    def start(batch: Rows, urgent: bool) -> Pending:
         started.append(len(batch))
         return runner.start(batch, urgent)
 
