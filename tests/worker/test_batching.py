@@ -25,8 +25,12 @@ def test_an_engine_not_yet_seen_at_work_gets_half_a_batch() -> None:
     assert group_size(16, pipelined=True, seconds_per_image=None) == 8
 
 
-def test_a_fast_engine_gets_half_a_batch_and_no_more() -> None:
-    assert group_size(16, pipelined=True, seconds_per_image=GROUP_SECONDS / 40) == 8
+def test_a_fast_engine_gets_a_full_batch_and_no_more() -> None:
+    assert group_size(16, pipelined=True, seconds_per_image=GROUP_SECONDS / 40) == 16
+
+
+def test_an_engine_claims_what_it_runs_in_group_seconds_up_to_a_batch() -> None:
+    assert group_size(16, pipelined=True, seconds_per_image=GROUP_SECONDS / 12) == 12
 
 
 def test_a_slow_engine_claims_what_it_runs_in_group_seconds() -> None:

@@ -29,6 +29,9 @@ from tests.conftest import fresh_postgres_database, zip_bytes
 pytestmark = pytest.mark.model
 
 BATCH = 8  # INFERENCE_BATCH_SIZE in service_env
+# What one worker holds at most: two groups on the engine and one decoding, of up to
+# a batch each (worker.batching.group_size).
+HELD = 3 * BATCH
 WORKERS = 2
 
 
@@ -138,9 +141,9 @@ def test_a_tenant_share_follows_the_tenant_not_its_number_of_jobs(
     wait_for(both_busy, 600, "either tenant to finish", 0.5)
     assert len(gaps) >= 3, "too few samples while both had work"
     # Each batch is split evenly between the two: the gap stays within what the
-    # two workers hold at once (a batch in decoding and one in the pass, each),
-    # where before, the tenant with 12 jobs took ever more.
-    in_flight = WORKERS * 2 * BATCH
+    # two workers hold at once (two groups on the engine and one decoding, each, of
+    # up to a batch), where before, the tenant with 12 jobs took ever more.
+    in_flight = WORKERS * HELD
     assert max(abs(gap) for gap in gaps) <= in_flight, gaps
 
 
@@ -155,8 +158,8 @@ def test_predict_goes_ahead_of_a_backlog(cluster: Cluster, photos: list[bytes]) 
         assert response.status_code == 200, response.text
         overtaken.append(finished(heavy, backlog) - before)
     assert finished(heavy, backlog) < 160, "the backlog ended before the calls: no evidence"
-    # A call waits for at most the batches each worker already had in hand.
-    assert max(overtaken) <= WORKERS * 2 * BATCH, overtaken
+    # A call waits for at most the groups each worker already had in hand.
+    assert max(overtaken) <= WORKERS * HELD, overtaken
 
 
 def test_a_killed_worker_charges_only_what_was_in_its_pass(
@@ -173,8 +176,8 @@ def test_a_killed_worker_charges_only_what_was_in_its_pass(
     charged_twice = cluster.scalar(
         select(func.count()).where(Item.job_id == job_id, Item.attempts > 1)
     )
-    # Only the items in its decode or forward pass were charged: two batches at most.
-    assert charged_twice <= 2 * BATCH
+    # Only the items in its decode or forward pass were charged: what it held at most.
+    assert charged_twice <= HELD
 
 
 def test_a_stalled_worker_stops_beating_and_its_items_go_to_the_other(
@@ -260,10 +263,10 @@ def test_a_worker_told_to_stop_finishes_what_it_holds_and_claims_no_more(
     assert (job["status"], job["succeeded"]) == ("succeeded", 160), job
     assert leaving.popen.returncode == 0
     # What it finished after the signal is what it held then: two groups on the engine,
-    # one decoding, and one it may have been claiming (groups of BATCH / 2). A task
-    # that ran out its turn would have gone on for up to 8 groups.
+    # one decoding, and one it may have been claiming (groups of up to BATCH). A task
+    # that ran out its turn would have gone on for its TASK_SECONDS: the whole job.
     finished_after = cluster.scalar(ran_by_it.where(Item.finished_at > signalled))
-    assert finished_after <= 4 * (BATCH // 2), leaving.output()[-3000:]
+    assert finished_after <= 4 * BATCH, leaving.output()[-3000:]
     charged_twice = cluster.scalar(
         select(func.count()).where(Item.job_id == job_id, Item.attempts > 1)
     )
