@@ -6,8 +6,11 @@ never used as paths.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import shutil
+import struct
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,6 +23,10 @@ from urllib.request import url2pathname
 from shared.errors import AppError, StorageFull, StorageUnavailable, UploadMissing
 
 CHUNK = 1 << 20
+# ext2/3/4's "top of directory hierarchy" flag (chattr +T), read and set by ioctl.
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+
+log = logging.getLogger(__name__)
 
 
 class Storage(Protocol):
@@ -40,6 +47,7 @@ class LocalStorage:
         # Resolved once: a worker touches storage twice an image, and resolving walks
         # the folders' every part with a system call each.
         self._resolved_root = root.resolve()
+        self._spread = False  # whether the root's job folders are spread (`spread_subfolders`)
 
     def _path(self, key: str) -> Path:
         # Keys are ours (job and item ids): normalising catches a ".." without
@@ -53,6 +61,9 @@ class LocalStorage:
         path = self._path(key)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
         try:
+            if not self._spread:
+                self._resolved_root.mkdir(parents=True, exist_ok=True)
+                self._spread = spread_subfolders(self._resolved_root)
             path.parent.mkdir(parents=True, exist_ok=True)
             with temporary.open("wb") as out:
                 shutil.copyfileobj(stream, out, CHUNK)
@@ -91,6 +102,35 @@ class LocalStorage:
             if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
                 modified = entry.stat(follow_symlinks=False).st_mtime
                 yield entry.name, datetime.fromtimestamp(modified, UTC)
+
+
+def spread_subfolders(folder: Path) -> bool:
+    """Have ext4 place each new job folder as it places top-level ones (`chattr +T`).
+
+    Each image is a file written by the API and deleted by a worker minutes later.
+    Without a journal, ext4 will not reuse an inode freed within the last 30 s or
+    so, and every new file's inode is looked for by walking past each of them in
+    its folder's block group: with the default placement every job folder shares
+    the group of the uploads folder, and after a few thousand deletions each new
+    file cost 0.3 to 0.9 ms of kernel CPU (measured here: 600 files in 130 to 540
+    ms, against 18 ms with the flag). With it, each job folder starts in a group of
+    its own choosing, away from the inodes freed by the jobs before it. Other
+    filesystems have no such flag: nothing changes there. Returns True once tried.
+    """
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(descriptor, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+        if not flags & FS_TOPDIR_FL:
+            packed = struct.pack("i", flags | FS_TOPDIR_FL) + bytes(4)
+            fcntl.ioctl(descriptor, FS_IOC_SETFLAGS, packed)
+    except OSError as exc:  # not ext2/3/4, or not ours to change: placement stays as it is
+        log.debug("could not spread the folders of %s: %s", folder, exc)
+    finally:
+        os.close(descriptor)
+    return True
 
 
 def s3_client() -> Any:
