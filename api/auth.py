@@ -47,10 +47,11 @@ class Caller:
         return self.key_id
 
 
-def get_caller(
+async def get_caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Caller:
     # The middleware below did the checking; the bearer dependency declares it in OpenAPI.
+    # Async: it reads the request's state, so it needs no threadpool hop (api/deps.py).
     state = request.scope.get("state", {})
     key_id = state.get(STATE_KEY)
     return Caller(key_id, admin=key_id is None or bool(state.get(ADMIN_STATE_KEY)))
