@@ -117,20 +117,34 @@ def spread_subfolders(folder: Path) -> bool:
     its own choosing, away from the inodes freed by the jobs before it. Other
     filesystems have no such flag: nothing changes there. Returns True once tried.
     """
-    try:
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
+    if not folder.is_dir():
         return False
     try:
-        flags = struct.unpack("i", fcntl.ioctl(descriptor, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+        flags = folder_flags(folder)
         if not flags & FS_TOPDIR_FL:
-            packed = struct.pack("i", flags | FS_TOPDIR_FL) + bytes(4)
-            fcntl.ioctl(descriptor, FS_IOC_SETFLAGS, packed)
+            set_folder_flags(folder, flags | FS_TOPDIR_FL)
     except OSError as exc:  # not ext2/3/4, or not ours to change: placement stays as it is
         log.debug("could not spread the folders of %s: %s", folder, exc)
+    return True
+
+
+def folder_flags(folder: Path) -> int:
+    """A folder's inode flags (`lsattr -d`); OSError where the filesystem keeps none."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # The kernel reads and writes an int, whatever the request's declared size.
+        return int(struct.unpack("i", fcntl.ioctl(descriptor, FS_IOC_GETFLAGS, bytes(8))[:4])[0])
     finally:
         os.close(descriptor)
-    return True
+
+
+def set_folder_flags(folder: Path, flags: int) -> None:
+    """Set a folder's inode flags (`chattr`); OSError where the filesystem refuses."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(descriptor, FS_IOC_SETFLAGS, struct.pack("i", flags) + bytes(4))
+    finally:
+        os.close(descriptor)
 
 
 def s3_client() -> Any:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
-import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,13 +12,13 @@ import pytest
 
 from shared.errors import UploadMissing
 from shared.storage import (
-    FS_IOC_GETFLAGS,
-    FS_IOC_SETFLAGS,
     FS_TOPDIR_FL,
     LocalStorage,
     S3Storage,
     Storage,
+    folder_flags,
     open_storage,
+    set_folder_flags,
     spread_subfolders,
 )
 from testkit.processes import free_port, running_api
@@ -113,28 +110,17 @@ def test_local_job_folders_are_spread_over_the_disk_where_ext4_can(tmp_path: Pat
     storage.put("job/item", io.BytesIO(b"x"))
     assert storage.get("job/item") == b"x"
     if _keeps_the_flag(tmp_path / "probe"):  # ext2/3/4, as on the machines here
-        assert _flags(tmp_path / "uploads") & FS_TOPDIR_FL
+        assert folder_flags(tmp_path / "uploads") & FS_TOPDIR_FL
     assert not spread_subfolders(tmp_path / "missing")  # nothing to spread: no error
-
-
-def _flags(folder: Path) -> int:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return int(struct.unpack("i", fcntl.ioctl(descriptor, FS_IOC_GETFLAGS, bytes(8))[:4])[0])
-    finally:
-        os.close(descriptor)
 
 
 def _keeps_the_flag(folder: Path) -> bool:
     folder.mkdir()
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.ioctl(descriptor, FS_IOC_SETFLAGS, struct.pack("i", FS_TOPDIR_FL) + bytes(4))
+        set_folder_flags(folder, FS_TOPDIR_FL)
     except OSError:
         return False
-    finally:
-        os.close(descriptor)
-    return bool(_flags(folder) & FS_TOPDIR_FL)
+    return bool(folder_flags(folder) & FS_TOPDIR_FL)
 
 
 def test_api_stores_uploads_in_the_bucket(s3_env: dict[str, str], tmp_path: Path) -> None:
