@@ -54,6 +54,10 @@ def uploads(service: Service) -> list[Path]:
     return sorted(root.iterdir()) if root.is_dir() else []
 
 
+def stored_files(service: Service) -> list[Path]:
+    return [path for folder in uploads(service) for path in folder.iterdir()]
+
+
 def jobs_listed(service: Service) -> list[str]:
     with service.client() as client:
         return [job["id"] for job in client.get("/jobs").json()["items"]]
@@ -95,7 +99,10 @@ def test_killed_while_storing_then_the_orphaned_files_are_swept(service: Service
 
         sender = threading.Thread(target=post)
         sender.start()
-        wait_for(lambda: uploads(service), 30, "staging to start", interval=0.002)
+        # A stored file, not only its job's folder: the first file in a new folder may
+        # wait on the disk (a block group not yet read), and a kill in between leaves
+        # the folder empty.
+        wait_for(lambda: stored_files(service), 30, "staging to start", interval=0.002)
         api.stop(signal.SIGKILL)
         sender.join()
         service.start_api()
