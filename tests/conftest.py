@@ -45,6 +45,21 @@ def base_weights() -> str:
 
 
 @pytest.fixture(scope="session")
+def stand_in_model() -> Path:
+    """A model of a set pace for tests of the plumbing around it (`testkit.stand_in`).
+
+    Outside /tmp, so that the cluster test's hosts (each with its own /tmp) see it."""
+    import shutil
+
+    from shared.settings import PROJECT_ROOT
+    from testkit.stand_in import build_stand_in
+
+    folder = PROJECT_ROOT / "test-artifacts" / "stand-in-model"
+    shutil.rmtree(folder, ignore_errors=True)
+    return build_stand_in(folder)
+
+
+@pytest.fixture(scope="session")
 def train_dir() -> Path:
     if not TRAIN_DIR.is_dir():
         pytest.fail(f"training images not found at {TRAIN_DIR}; set INTEL_SHARED_DIR")

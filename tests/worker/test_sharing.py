@@ -1,7 +1,8 @@
 """Sharing two workers on Postgres: fair shares, the interactive lane, attempts, stalls.
 
 Real API and two real Celery workers on Redis + Postgres with keys on, real
-photos. Each test reads what the database recorded (counts, attempts,
+photos; the workers run the stand-in model (`testkit.stand_in`), so the backlogs
+last as long on every CPU. Each test reads what the database recorded (counts, attempts,
 heartbeats), never how long something took.
 """
 
@@ -59,7 +60,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory, stand_in_model: Path
+) -> Iterator[Cluster]:
     data_dir = tmp_path_factory.mktemp("sharing")
     redis.Redis.from_url(redis_url).flushdb()  # no other module's messages
     with fresh_postgres_database() as database_url:
@@ -68,6 +71,7 @@ def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             DATABASE_URL=database_url,
             REDIS_URL=redis_url,
             AUTH_ENABLED="true",
+            MODEL_PATH=str(stand_in_model),  # these tests are about sharing, not answers
             HEARTBEAT_INTERVAL_SECONDS="1",
             WORKER_STALE_SECONDS="5",
             REQUEUE_AFTER_SECONDS="4",
