@@ -15,7 +15,6 @@ what the model says use the shipped IR.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -34,19 +33,21 @@ PROBE_IMAGES = 48
 
 def build_stand_in(folder: Path, seconds_per_image: float = SECONDS_PER_IMAGE) -> Path:
     """An artifact folder at `folder` whose IR costs about `seconds_per_image` an image here."""
-    probe = _write(folder / "probe", PROBE_LAYERS)
-    measured = _seconds_per_image(probe)
+    shipped = artifact.read_any_manifest(DEFAULT_MODEL_PATH)
+    assert isinstance(shipped, artifact.FineTunedManifest), "the shipped model serves an IR"
+    probe = _write(folder / "probe", PROBE_LAYERS, shipped)
+    measured = _seconds_per_image(probe, shipped.input_size)
     shutil.rmtree(probe)
     layers = max(1, round(PROBE_LAYERS * seconds_per_image / measured))
-    return _write(folder, layers)
+    return _write(folder, layers, shipped)
 
 
-def _write(folder: Path, layers: int) -> Path:
+def _write(folder: Path, layers: int, shipped: artifact.FineTunedManifest) -> Path:
+    """The IR, and the shipped manifest with a version and serving form of its own."""
     import openvino as ov
     import openvino.opset13 as ops
 
-    manifest = artifact.read_any_manifest(DEFAULT_MODEL_PATH)
-    size = manifest.input_size
+    size = shipped.input_size
     rng = np.random.default_rng(layers)
     image = ops.parameter([-1, size, size, 3], np.float32, name="x")
     # Mean colour -> a WIDTH x WIDTH map per image; layers of products keep it there.
@@ -57,27 +58,26 @@ def _write(folder: Path, layers: int) -> Path:
     for _ in range(layers):
         hidden = ops.tanh(ops.matmul(hidden, ops.constant(mixing), False, False))
     pooled = ops.reduce_mean(hidden, np.array([1]), keep_dims=False)
-    head = rng.normal(size=(WIDTH, len(manifest.classes))).astype(np.float32)
+    head = rng.normal(size=(WIDTH, len(shipped.classes))).astype(np.float32)
     logits = ops.matmul(pooled, head, False, False)
     folder.mkdir(parents=True, exist_ok=True)
     xml = folder / artifact.SERVING_XML
     ov.save_model(ov.Model([logits], [image], "stand-in"), xml, compress_to_fp16=False)
-    _write_manifest(folder, layers, artifact.files_sha256(xml, xml.with_suffix(".bin")))
+    serving = artifact.ServingForm(sha256=artifact.files_sha256(xml, xml.with_suffix(".bin")))
+    manifest = shipped.model_copy(
+        update={
+            "version": f"standin{layers:05d}",
+            "serving": serving,
+            "training": {"stand_in": f"{layers} layers of {WIDTH}x{WIDTH}; see testkit.stand_in"},
+        }
+    )
+    (folder / artifact.MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
     return folder
 
 
-def _write_manifest(folder: Path, layers: int, sha256: str) -> None:
-    raw = json.loads((DEFAULT_MODEL_PATH / artifact.MANIFEST_NAME).read_text())
-    raw["version"] = f"standin{layers:05d}"
-    raw["serving"] = {"precision": "int8", "xml": artifact.SERVING_XML, "sha256": sha256}
-    raw["training"] = {"stand_in": f"{layers} layers of {WIDTH}x{WIDTH}; see testkit.stand_in"}
-    (folder / artifact.MANIFEST_NAME).write_text(json.dumps(raw, indent=2))
-
-
-def _seconds_per_image(folder: Path) -> float:
+def _seconds_per_image(folder: Path, size: int) -> float:
     """Seconds an image on the throughput engine the workers use, with every request busy."""
     runner = compile_throughput(folder / artifact.SERVING_XML)
-    size = artifact.read_any_manifest(folder).input_size
     images = list(np.random.default_rng(0).random((PROBE_IMAGES, size, size, 3), np.float32))
     runner.start(images[:4]).wait()  # the first requests pay for their memory
     started = time.perf_counter()
