@@ -3,13 +3,23 @@
 OpenVINO's THROUGHPUT hint splits the CPU into streams that each run a request
 on their own cores; its `benchmark_app` finds this the fastest way to run the
 shipped IR on this machine (one image per request, two streams on two cores).
-The runner keeps the device busy: twice the device's optimal number of requests
-are in flight, so a finished one is followed at once by one already queued,
-and rows wait in a priority queue of their own, so an urgent row (the
-interactive lane) goes out with the next free request rather than after every
-row submitted before it. A row that arrives while the engine is idle, with none
-behind it (a lone image on a quiet service), runs in latency mode instead, on
-every core at once: a stream would give it one core. No TensorFlow here.
+The runner keeps the device busy: on an engine whose requests are short, twice
+the device's optimal number of requests are in flight, so a finished one is
+followed at once by one already queued; where a request takes longer than
+QUEUE_AHEAD_BELOW_SECONDS the gap between two is too small to matter, and only
+the optimal number are in flight, so nothing waits inside the engine. Rows wait
+in a priority queue of their own, so an urgent row (the interactive lane) goes
+out ahead of every row submitted before it.
+
+A latency-mode twin runs a row on every core at once, where a stream gives it
+one: a row that arrives while the engine is idle, with none behind it (a lone
+image on a quiet service), and, on an engine of long requests, an urgent row
+that arrives beside a backlog. The second waits for the requests in flight to
+finish (no new one starts meanwhile), then runs alone: on a 2-core CPU that is
+at most one request's time plus half of one, against a request's time twice
+over on the next free stream. Where requests are short, the drain would idle
+the streams for more than it saves, and the urgent row takes the next free
+request. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -33,6 +43,13 @@ from shared.errors import describe
 log = logging.getLogger(__name__)
 
 URGENT, NORMAL = 0, 1
+# A request queued behind each running one hides the moment between one finishing and
+# the next starting (a callback, a thread's wake-up: up to a few ms while decode threads
+# hold the GIL). That is worth having only where a request is short: behind a request of
+# a quarter second or more the gap is under 1 %, and a queued request is one more that
+# an urgent row, or a newcomer's image, waits behind (half a second each on a CPU whose
+# engine runs 4 images a second).
+QUEUE_AHEAD_BELOW_SECONDS = 0.25
 # Images to run, one a request: a list of preprocessed images, or a batch array's rows.
 Rows = Sequence[np.ndarray] | np.ndarray
 
@@ -109,17 +126,27 @@ class BusyPace:
 class ThroughputRunner:
     """Runs rows on a compiled model's requests; callable as a batch -> output engine too."""
 
-    def __init__(self, compiled: Any, alone: Any | None = None) -> None:
+    def __init__(
+        self,
+        compiled: Any,
+        alone: Any | None = None,
+        queue_ahead_below_seconds: float = QUEUE_AHEAD_BELOW_SECONDS,
+    ) -> None:
         optimal = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.optimal = max(optimal, 1)
+        self._queue_ahead_below = queue_ahead_below_seconds
         self._alone = alone.create_infer_request() if alone is not None else None
-        self.requests = [compiled.create_infer_request() for _ in range(2 * max(optimal, 1))]
+        self.requests = [compiled.create_infer_request() for _ in range(2 * self.optimal)]
         self._idle = list(self.requests)
         self._waiting: list[tuple[int, int, Pending, int, np.ndarray]] = []
+        self._normal_waiting = 0  # rows of batch work in `_waiting`
         self._order = itertools.count()
         self._cond = threading.Condition()
         for request in self.requests:
             request.set_callback(self._finished, request)
-        self._in_flight: dict[int, tuple[Pending, int]] = {}
+        # Each running request's rows: id(request) -> (pending, row, priority).
+        self._in_flight: dict[int, tuple[Pending, int, int]] = {}
+        self._normal_in_flight = 0
         self.pace = BusyPace()
         threading.Thread(target=self._dispatch, name="infer-dispatch", daemon=True).start()
         log.info(
@@ -142,6 +169,8 @@ class ThroughputRunner:
                 heapq.heappush(
                     self._waiting, (priority, next(self._order), pending, index, request_input)
                 )
+            if priority == NORMAL:
+                self._normal_waiting += len(rows)
             self._cond.notify()
         return pending
 
@@ -155,15 +184,16 @@ class ThroughputRunner:
     def _dispatch(self) -> None:
         while True:
             with self._cond:
-                while not (self._idle and self._waiting):
+                while (step := self._next_step()) is None:
                     self._cond.wait()
-                quiet = len(self._idle) == len(self.requests)
-                _, _, pending, row, array = heapq.heappop(self._waiting)
-                alone = quiet and not self._waiting and self._alone is not None
+                alone, (priority, _, pending, row, array) = step
+                if priority == NORMAL:
+                    self._normal_waiting -= 1
                 if not alone:
                     request = self._idle.pop()
                     self.pace.started(len(self._in_flight))
-                    self._in_flight[id(request)] = (pending, row)
+                    self._in_flight[id(request)] = (pending, row, priority)
+                    self._normal_in_flight += priority == NORMAL
             if alone:
                 self._run_alone(pending, row, array)
                 continue
@@ -172,6 +202,37 @@ class ThroughputRunner:
             except Exception as exc:  # this row alone
                 self._release(request)
                 pending.settle(row, f"inference failed: {describe(exc)}", 0.0)
+
+    def _next_step(self) -> tuple[bool, tuple[int, int, Pending, int, np.ndarray]] | None:
+        """(alone, the row) to run now, popped from the queue; None while it must wait.
+
+        Called with the lock held.
+        """
+        if not self._waiting:
+            return None
+        long_requests = self._long_requests()
+        lane_first = self._waiting[0][0] == URGENT and self._alone is not None
+        if long_requests and lane_first and self._beside_backlog():
+            # The lane beside batch work on a slow engine: no new request starts until
+            # those in flight are done, then the urgent row has every core.
+            if self._in_flight:
+                return None
+            return True, heapq.heappop(self._waiting)
+        in_flight_at_most = self.optimal if long_requests else len(self.requests)
+        if not self._idle or len(self._in_flight) >= in_flight_at_most:
+            return None
+        quiet = not self._in_flight
+        entry = heapq.heappop(self._waiting)
+        return quiet and not self._waiting and self._alone is not None, entry
+
+    def _beside_backlog(self) -> bool:
+        return self._normal_waiting > 0 or self._normal_in_flight > 0
+
+    def _long_requests(self) -> bool:
+        """Whether a request takes long enough that none is queued behind the running
+        ones (QUEUE_AHEAD_BELOW_SECONDS), and the lane beside a backlog runs alone."""
+        per_row = self.pace.seconds_per_row()
+        return per_row is not None and per_row * self.optimal >= self._queue_ahead_below
 
     def _run_alone(self, pending: Pending, row: int, array: np.ndarray) -> None:
         """One row on a quiet engine: in latency mode, here, on every core."""
@@ -185,7 +246,7 @@ class ThroughputRunner:
         pending.settle(row, output, latency)
 
     def _finished(self, request: Any) -> None:
-        pending, row = self._in_flight[id(request)]
+        pending, row, _ = self._in_flight[id(request)]
         try:
             output: np.ndarray | str = np.array(request.get_output_tensor(0).data[0])
             latency = float(request.latency)
@@ -196,7 +257,8 @@ class ThroughputRunner:
 
     def _release(self, request: Any) -> None:
         with self._cond:
-            self._in_flight.pop(id(request), None)
+            _, _, priority = self._in_flight.pop(id(request))
+            self._normal_in_flight -= priority == NORMAL
             self.pace.finished(len(self._in_flight))
             self._idle.append(request)
             self._cond.notify()
@@ -207,15 +269,21 @@ class ThroughputRunner:
             return self.pace.seconds_per_row()
 
 
-def compile_throughput(model: Any) -> ThroughputRunner:
+def compile_throughput(
+    model: Any, queue_ahead_below_seconds: float = QUEUE_AHEAD_BELOW_SECONDS
+) -> ThroughputRunner:
     """An OpenVINO model (or an IR .xml path) compiled for throughput on this CPU, with a
-    latency-mode twin for the lone row on a quiet engine."""
+    latency-mode twin for the lone row on a quiet engine and the lane beside a backlog."""
     import openvino as ov
 
     if isinstance(model, Path):
         model = ov.Core().read_model(model)  # read once, compiled twice
     fixed = one_row(model)
-    return ThroughputRunner(compile_for_cpu(fixed, "THROUGHPUT"), compile_for_cpu(fixed, "LATENCY"))
+    return ThroughputRunner(
+        compile_for_cpu(fixed, "THROUGHPUT"),
+        compile_for_cpu(fixed, "LATENCY"),
+        queue_ahead_below_seconds,
+    )
 
 
 def one_row(model: Any) -> Any:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from shared.classifier.artifact import SERVING_XML
 from shared.classifier.engine import compile_openvino
 from shared.classifier.inference import infer_pipelined
 from shared.classifier.loaded import softmax
@@ -25,6 +26,7 @@ from shared.settings import DEFAULT_MODEL_PATH
 from shared.training.dataset import list_labelled_images
 from testkit.clock import FakeClock
 from testkit.resources import TRAIN_DIR
+from testkit.stand_in import build_stand_in
 
 IR = DEFAULT_MODEL_PATH / "model.xml"
 
@@ -112,6 +114,38 @@ def test_the_pipelined_loop_serves_the_lane_while_groups_run(
         for item, output in zip(batch.items, batch.outputs, strict=True):
             assert np.allclose(output, reference[item], atol=1e-4)
         assert batch.item_ms is not None
+
+
+@pytest.fixture(scope="module")
+def slow_runner(tmp_path_factory: pytest.TempPathFactory) -> ThroughputRunner:
+    """An engine whose requests are long for it: a stand-in model of about 50 ms an
+    image, with requests counted long from 30 ms (the service's bound is a quarter
+    second: the shipped IR's requests on a CPU without VNNI take twice that)."""
+    model = build_stand_in(tmp_path_factory.mktemp("slow") / "model", seconds_per_image=0.05)
+    return compile_throughput(model / SERVING_XML, queue_ahead_below_seconds=0.03)
+
+
+def settled(pending: Pending) -> int:
+    return sum(output is not None for output in pending.outputs)
+
+
+def test_on_an_engine_of_long_requests_an_urgent_row_waits_only_for_the_requests_running(
+    slow_runner: ThroughputRunner,
+) -> None:
+    assert slow_runner.start(images(32, seed=6)).wait(120)  # its pace is known now
+    backlog = slow_runner.start(images(16, seed=7))
+    while settled(backlog) == 0:  # the backlog is running
+        time.sleep(0.01)
+    before = settled(backlog)
+    lane = slow_runner.start(images(1, seed=8), urgent=True)
+    assert lane.wait(60)
+    # No request is queued behind the running ones (the gap between two is nothing
+    # beside a long request): the urgent row waits for those the streams run, no more.
+    assert settled(backlog) - before <= slow_runner.optimal
+    [row] = lane.results()
+    assert not isinstance(row, str)
+    assert backlog.wait(60)
+    assert not any(isinstance(o, str) for o in backlog.results())
 
 
 def test_items_no_longer_wanted_never_reach_the_engine(runner: ThroughputRunner) -> None:
