@@ -17,8 +17,18 @@ RUN mkdir -p intel_classifier api worker shared client \
        client/__init__.py
 RUN useradd --create-home --uid 10001 app && mkdir -p /data && chown app /data
 
-FROM base AS api
+# Each role's dependencies on top of the last one's: what the API needs is installed
+# once for all three images, OpenVINO once for two, and only the trainer adds TensorFlow.
+FROM base AS api-deps
 RUN pip install -c constraints.txt -e .
+
+FROM api-deps AS worker-deps
+RUN pip install -c constraints.txt -e '.[worker]'
+
+FROM worker-deps AS trainer-deps
+RUN pip install -c constraints.txt -e '.[train]'
+
+FROM api-deps AS api
 COPY intel_classifier intel_classifier
 COPY api api
 COPY worker worker
@@ -29,8 +39,7 @@ USER app
 EXPOSE 9696
 CMD ["intel-classifier", "api", "--host", "0.0.0.0", "--port", "9696"]
 
-FROM base AS worker
-RUN pip install -c constraints.txt -e '.[worker]'
+FROM worker-deps AS worker
 COPY intel_classifier intel_classifier
 COPY api api
 COPY worker worker
@@ -41,8 +50,7 @@ COPY models models
 USER app
 CMD ["intel-classifier", "worker"]
 
-FROM base AS trainer
-RUN pip install -c constraints.txt -e '.[train]'
+FROM trainer-deps AS trainer
 COPY intel_classifier intel_classifier
 COPY api api
 COPY worker worker
