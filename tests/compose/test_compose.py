@@ -23,6 +23,7 @@ import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +64,24 @@ def images(docker: Dockerd) -> dict[str, int]:
     """Every image the stack needs, built here; their sizes in bytes."""
     started = time.monotonic()
     debian_base_image(docker, BASE)
-    log = docker.work / "build.log"
-    for role in ROLES:
-        docker.stream("docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE}",
-                      "--target", role, "-t", f"intel-image-classifier:{role}", ".",
-                      log=log, cwd=PROJECT_ROOT)  # fmt: skip
-    for service in ("postgres", "redis"):
-        docker.stream("docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE}",
-                      "-f", f"{service}.Dockerfile", "-t", f"intel-compose-test/{service}", ".",
-                      log=log, cwd=OVERRIDE.parent)  # fmt: skip
+
+    build = ("docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE}")
+
+    def roles() -> None:  # each on the one before (the Dockerfile's *-deps stages)
+        for role in ROLES:
+            docker.stream(*build, "--target", role, "-t", f"intel-image-classifier:{role}", ".",
+                          log=docker.work / "build-roles.log", cwd=PROJECT_ROOT)  # fmt: skip
+
+    def services() -> None:
+        for service in ("postgres", "redis"):
+            docker.stream(*build, "-f", f"{service}.Dockerfile", "-t",
+                          f"intel-compose-test/{service}", ".",
+                          log=docker.work / "build-services.log", cwd=OVERRIDE.parent)  # fmt: skip
+
+    # The roles wait on PyPI, the databases' images on Debian's mirror: side by side.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for built in [pool.submit(roles), pool.submit(services)]:
+            built.result()
     tags = [BASE, *(f"intel-image-classifier:{r}" for r in ROLES),
             "intel-compose-test/postgres", "intel-compose-test/redis"]  # fmt: skip
     sizes = {tag: docker.image_bytes(tag) for tag in tags}
