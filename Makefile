@@ -26,14 +26,11 @@ $(VENV)/.installed: pyproject.toml
 # $(call install,EXTRAS): create .venv when missing, then install the project with EXTRAS.
 # setuptools warns, on every editable install of a flat layout, about folders named like
 # the packages (they are the packages; ../shared is data): not for users' eyes.
-# --no-compile: pip would compile every module of every package up front (TensorFlow's
-# alone are thousands), half of a fresh `make test` setup (139 s against 70 s here);
-# Python compiles the modules that are imported, once, into the writable .venv.
 define install
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-compile -e '.[$(1)]'
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[$(1)]'
 endef
 
 run: serve-setup
