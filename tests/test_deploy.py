@@ -66,21 +66,36 @@ def test_dockerfile_copies_paths_that_exist() -> None:
                 assert (PROJECT_ROOT / source).exists(), source
 
 
-def _installs_by_stage() -> dict[str, str]:
-    installs: dict[str, str] = {}
+def _installs_by_role() -> dict[str, list[str]]:
+    """What each role's image installs: the pip installs along its chain of stages."""
+    parent: dict[str, str] = {}
+    installs: dict[str, list[str]] = {}
     stage = ""
     for line in (PROJECT_ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("FROM "):
-            stage = line.split()[-1]
+            words = line.split()
+            stage = words[-1]
+            parent[stage], installs[stage] = words[1], []
         elif line.startswith("RUN pip install"):
             words = shlex.split(line)
             assert words[3:5] == ["-c", "constraints.txt"], line  # every install is pinned
-            installs[stage] = words[-1]
-    return installs
+            installs[stage].append(words[-1])
+
+    def chain(stage: str) -> list[str]:
+        above = parent[stage]
+        return (chain(above) if above in parent else []) + installs[stage]
+
+    return {role: chain(role) for role in ("api", "worker", "trainer")}
 
 
 def test_each_role_image_installs_only_what_it_runs() -> None:
-    assert _installs_by_stage() == {"api": ".", "worker": ".[worker]", "trainer": ".[train]"}
+    # Each role's dependencies go on top of the last one's: the API's are installed
+    # once for all three, and only the trainer adds TensorFlow.
+    assert _installs_by_role() == {
+        "api": ["."],
+        "worker": [".", ".[worker]"],
+        "trainer": [".", ".[worker]", ".[train]"],
+    }
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
 
