@@ -146,7 +146,6 @@ class ThroughputRunner:
             request.set_callback(self._finished, request)
         # Each running request's rows: id(request) -> (pending, row, priority).
         self._in_flight: dict[int, tuple[Pending, int, int]] = {}
-        self._normal_in_flight = 0
         self.pace = BusyPace()
         threading.Thread(target=self._dispatch, name="infer-dispatch", daemon=True).start()
         log.info(
@@ -193,7 +192,6 @@ class ThroughputRunner:
                     request = self._idle.pop()
                     self.pace.started(len(self._in_flight))
                     self._in_flight[id(request)] = (pending, row, priority)
-                    self._normal_in_flight += priority == NORMAL
             if alone:
                 self._run_alone(pending, row, array)
                 continue
@@ -226,7 +224,8 @@ class ThroughputRunner:
         return quiet and not self._waiting and self._alone is not None, entry
 
     def _beside_backlog(self) -> bool:
-        return self._normal_waiting > 0 or self._normal_in_flight > 0
+        running = (priority for _, _, priority in self._in_flight.values())
+        return self._normal_waiting > 0 or NORMAL in running
 
     def _long_requests(self) -> bool:
         """Whether a request takes long enough that none is queued behind the running
@@ -235,7 +234,7 @@ class ThroughputRunner:
         return per_row is not None and per_row * self.optimal >= self._queue_ahead_below
 
     def _run_alone(self, pending: Pending, row: int, array: np.ndarray) -> None:
-        """One row on a quiet engine: in latency mode, here, on every core."""
+        """One row with the engine to itself: in latency mode, here, on every core."""
         assert self._alone is not None
         try:
             result = self._alone.infer([array])
@@ -257,8 +256,7 @@ class ThroughputRunner:
 
     def _release(self, request: Any) -> None:
         with self._cond:
-            _, _, priority = self._in_flight.pop(id(request))
-            self._normal_in_flight -= priority == NORMAL
+            del self._in_flight[id(request)]
             self.pace.finished(len(self._in_flight))
             self._idle.append(request)
             self._cond.notify()
