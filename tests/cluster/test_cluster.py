@@ -328,8 +328,11 @@ def test_a_cluster_of_hosts_survives_a_partition_a_killed_api_and_a_redis_restar
         jobs += [submit(deployment, deployment.apis[i % 2], body)
                  for i, body in enumerate(zips[4:7])]  # fmt: skip
         # Past the lease, the other worker takes back what worker 1 held, and finishes it.
-        wait_for(lambda: finished_by(deployment, held) == {"worker2"}, 120,
-                 "the cut-off worker's items to be finished by the other")  # fmt: skip
+        try:
+            wait_for(lambda: finished_by(deployment, held) == {"worker2"}, 120,
+                     "the cut-off worker's items to be finished by the other")  # fmt: skip
+        except TimeoutError:  # who finished them says which race it was
+            raise AssertionError(f"held {sorted(held)}: {finished_by(deployment, held)}") from None
         time.sleep(max(0.0, LEASE_SECONDS + 2 - (time.monotonic() - cut_at)))
         deployment.cluster.reconnect(worker1)
         cut_seconds = time.monotonic() - cut_at
